@@ -1,0 +1,84 @@
+"""Shared fixtures. Integration fixtures use real servers; a missing binary is a skip that names it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from servers import MOSQUITTO, MosquittoServer  # noqa: E402
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A real mosquitto broker on a free port; ``.stop()``/``.start()`` simulate an outage."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto binary not installed (apt-get install mosquitto); .ci/run installs it")
+    with MosquittoServer(tmp_path / "mosquitto") as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory):
+    """A generated bundle-signing key pair: ``(SigningKey, PublicKey, folder)``."""
+    from edgekit.signing import generate_keypair, load_public_key, load_signing_key
+
+    d = tmp_path_factory.mktemp("keys")
+    priv, pub = generate_keypair(d)
+    return load_signing_key(priv), load_public_key(pub), d
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """A tiny CNN classifier as ONNX (input ``image`` [batch,1,8,8] → ``logits`` [batch,3]), built with
+    the ``onnx`` helper API so tests of the agent side need no torch."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    fc = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "fc")
+    nodes = [
+        helper.make_node("Conv", ["image", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[w, b, fc],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_onnx, signing_keys) -> Path:
+    """A signed bundle of :func:`tiny_onnx` (``tiny@1.0.0``) with golden inputs and labels."""
+    import numpy as np
+
+    from edgekit.bundle import GoldenSet
+    from runtimes.packaging import bundle_from_onnx
+
+    key, _, _ = signing_keys
+    d = tmp_path_factory.mktemp("bundle")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 1, 8, 8)).astype(np.float32)
+    golden_in = d / "golden-in.npz"
+    golden_in.write_bytes(GoldenSet(inputs={"image": x}, outputs={}).to_npz_bytes())
+    out = d / "tiny-1.0.0.ekb"
+    bundle_from_onnx(tiny_onnx, name="tiny", version="1.0.0", key=key, out=out, golden_npz=golden_in,
+                     labels=["a", "b", "c"])
+    return out
