@@ -6,6 +6,7 @@ or synthesised, and their expected outputs are computed by ONNX Runtime so a dev
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,8 @@ def tool_versions() -> dict[str, str]:
 
     out = {}
     for pkg in ("edgekit", "onnx", "onnxruntime", "torch", "torch-pruning", "numpy"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 
