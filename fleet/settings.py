@@ -1,0 +1,145 @@
+"""``FleetSettings``: every knob of the fleet manager, from defaults, ``EDGEKIT_FLEET_*`` and a YAML file.
+
+Precedence, strongest first: explicit overrides (command-line options) > the ``--config`` YAML file >
+``EDGEKIT_FLEET_*`` environment variables > defaults. Fleet-in-a-box defaults: SQLite under the data
+dir, a local artifact store, and a broker the fleet starts itself (``broker_url: embedded``).
+Production points ``database_url`` at PostgreSQL and ``broker_url`` at an external broker; nothing
+else changes. Any invalid value is one :class:`~edgekit.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgekit.errors import ConfigError
+
+__all__ = ["FleetSettings", "load_settings"]
+
+
+class FleetSettings(BaseSettings):
+    """The fleet manager's configuration (see the module docstring for precedence)."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEKIT_FLEET_", extra="forbid", validate_default=True)
+
+    #: where the SQLite database, artifact store and broker files live in fleet-in-a-box mode
+    data_dir: Path = Path("fleet-data")
+    #: SQLAlchemy URL; default ``sqlite:///{data_dir}/fleet.db``; PostgreSQL: ``postgresql+psycopg://…``
+    database_url: str | None = None
+    #: ``embedded`` (start mosquitto, or a Python broker for trials) or ``mqtt://host:port``
+    broker_url: str = "embedded"
+    #: TCP port of the broker the fleet starts itself (``broker_url: embedded``)
+    broker_port: int = Field(default=1883, ge=1, le=65535)
+    #: interface the embedded broker listens on
+    broker_host: str = "0.0.0.0"
+    #: MQTT credentials for an external broker (optional)
+    broker_username: str | None = None
+    broker_password: str | None = None
+    #: where verified bundles are stored, by sha256; default ``{data_dir}/artifacts``
+    artifact_dir: Path | None = None
+    #: HTTP API and dashboard
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=1, le=65535)
+    #: base URL devices use to download bundles; default ``http://{host or 127.0.0.1}:{port}``
+    public_url: str | None = None
+    #: trusted bundle-signing public keys (files, or folders of ``*.pub``)
+    trusted_keys: list[Path] = Field(default_factory=list)
+    #: MQTT shared-subscription group; replicas of the fleet in one group split the ingest load
+    shared_group: str = Field(default="edgekit-fleet", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: how often the rollout state machine is ticked
+    tick_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    #: ingest writer: flush when this many messages are queued, or after this many seconds
+    ingest_batch_size: int = Field(default=500, ge=1, le=100_000)
+    ingest_flush_s: float = Field(default=0.2, gt=0, le=60)
+    #: a device's desired state that was not installed after this long counts as an install failure
+    install_timeout_s: float = Field(default=600.0, gt=0)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        if v == "embedded":
+            return v
+        u = urlparse(v)
+        if u.scheme not in ("mqtt", "tcp") or not u.hostname:
+            raise ValueError("must be 'embedded' or mqtt://HOST[:PORT]")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _db(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return v
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, v: str | None) -> str | None:
+        if v is not None:
+            u = urlparse(v)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise ValueError("must be an http(s):// URL")
+            return v.rstrip("/")
+        return v
+
+    @model_validator(mode="after")
+    def _derive(self) -> FleetSettings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_dir / 'fleet.db'}"
+        if self.artifact_dir is None:
+            self.artifact_dir = self.data_dir / "artifacts"
+        if self.public_url is None:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+            self.public_url = f"http://{host}:{self.port}"
+        return self
+
+    @property
+    def broker_address(self) -> tuple[str, int]:
+        """``(host, port)`` clients connect to (the embedded broker is reached on loopback)."""
+        if self.broker_url == "embedded":
+            return "127.0.0.1", self.broker_port
+        u = urlparse(self.broker_url)
+        return u.hostname or "127.0.0.1", u.port or 1883
+
+    @property
+    def database(self) -> str:
+        """The resolved database URL (never ``None`` after validation)."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'fleet.db'}"
+
+    @property
+    def artifacts(self) -> Path:
+        """The resolved artifact store folder."""
+        return self.artifact_dir or self.data_dir / "artifacts"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"fleet config {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"fleet config {path} cannot be read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"fleet config {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"fleet config {path} must be a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> FleetSettings:
+    """Resolve settings: ``overrides`` (``None`` values ignored) > YAML ``config`` > environment > defaults."""
+    data = _read_yaml(config) if config is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return FleetSettings(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        where = f" in {config}" if config is not None else ""
+        raise ConfigError(f"fleet setting {loc!r}{where}: {err['msg']}") from exc
