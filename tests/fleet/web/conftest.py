@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.db import Base, Database
+from fleet.db import Database
 
 
 def _create_schema(db: Database) -> None:
-    import fleet.db.web_models  # noqa: F401  (registers the web tables on Base)
+    """The fleet's real alembic migrations (the same path ``fleet up`` takes)."""
+    from fleet.db.migrate import upgrade
 
-    Base.metadata.create_all(db.engine)
+    upgrade(db)
 
 
 @pytest.fixture

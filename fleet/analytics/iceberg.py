@@ -1,0 +1,283 @@
+"""Copy ingested telemetry and events into Apache Iceberg tables, in batches, exactly once.
+
+Each batch is one Iceberg append whose snapshot summary carries ``edgekit.high-water-id`` (the largest
+source-row id it holds); only after that commit is the database watermark (:class:`SyncWatermark`)
+advanced. A crash between the two leaves a commit without its watermark: the next run reads the
+high-water id back from the table's snapshots and advances the watermark before selecting rows, so
+nothing is appended twice. Two syncing replicas are kept apart by Iceberg's optimistic commit (an
+append on a stale snapshot fails and is retried on the next run). Tables are partitioned by day of
+the device timestamp.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import DayTransform
+from pyiceberg.types import (
+    BooleanType,
+    DoubleType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from edgekit.errors import ConfigError, FleetError
+from fleet.analytics.settings import AnalyticsSettings
+from fleet.db.models import Event, Telemetry
+from fleet.db.web_models import SyncWatermark
+
+if TYPE_CHECKING:
+    from fleet.context import FleetContext
+    from fleet.db.base import Database
+
+__all__ = ["HIGH_WATER", "TABLES", "IcebergSync", "SyncResult", "run_sync_loop", "sync_once"]
+
+log = logging.getLogger(__name__)
+
+#: snapshot-summary property holding the largest source-row id an append carried
+HIGH_WATER = "edgekit.high-water-id"
+
+
+def _f(i: int, name: str, typ: Any, required: bool = False) -> NestedField:
+    return NestedField(field_id=i, name=name, field_type=typ, required=required)
+
+
+_COMMON = [
+    _f(1, "id", LongType(), True),
+    _f(2, "device_id", StringType(), True),
+    _f(3, "seq", LongType(), True),
+    _f(4, "ts", TimestamptzType(), True),
+    _f(5, "received_at", TimestamptzType()),
+    _f(6, "replayed", BooleanType()),
+]
+
+TELEMETRY_SCHEMA = Schema(
+    *_COMMON,
+    _f(7, "model_name", StringType()),
+    _f(8, "model_version", StringType()),
+    _f(9, "requests", LongType()),
+    _f(10, "errors", LongType()),
+    _f(11, "p50_ms", DoubleType()),
+    _f(12, "p95_ms", DoubleType()),
+    _f(13, "p99_ms", DoubleType()),
+    _f(14, "cpu_percent", DoubleType()),
+    _f(15, "memory_mb", DoubleType()),
+    _f(16, "temperature_c", DoubleType()),
+    _f(17, "drift_json", StringType()),
+)
+
+EVENTS_SCHEMA = Schema(
+    *_COMMON,
+    _f(7, "kind", StringType()),
+    _f(8, "level", StringType()),
+    _f(9, "message", StringType()),
+    _f(10, "rollout_id", StringType()),
+    _f(11, "data_json", StringType()),
+)
+
+
+def _day_spec() -> PartitionSpec:
+    return PartitionSpec(PartitionField(source_id=4, field_id=1000, transform=DayTransform(), name="ts_day"))
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    if ts is not None and ts.tzinfo is None:
+        return ts.replace(tzinfo=timezone.utc)
+    return ts
+
+
+def _json(v: Any) -> str | None:
+    return None if v is None else json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
+def _common(r: Telemetry | Event) -> dict[str, Any]:
+    return {"id": r.id, "device_id": r.device_id, "seq": r.seq, "ts": _utc(r.ts),
+            "received_at": _utc(r.received_at), "replayed": bool(r.replayed)}
+
+
+def _telemetry_row(r: Telemetry) -> dict[str, Any]:
+    return {**_common(r), "model_name": r.model_name, "model_version": r.model_version,
+            "requests": r.requests, "errors": r.errors, "p50_ms": r.p50_ms, "p95_ms": r.p95_ms,
+            "p99_ms": r.p99_ms, "cpu_percent": r.cpu_percent, "memory_mb": r.memory_mb,
+            "temperature_c": r.temperature_c, "drift_json": _json(r.drift)}
+
+
+def _event_row(r: Event) -> dict[str, Any]:
+    return {**_common(r), "kind": r.kind, "level": r.level, "message": r.message,
+            "rollout_id": r.rollout_id, "data_json": _json(r.data)}
+
+
+@dataclass(frozen=True)
+class _TableSpec:
+    name: str
+    model: type
+    schema: Schema
+    to_row: Callable[[Any], dict[str, Any]]
+
+
+#: source table → Iceberg table (same name, in the configured namespace)
+TABLES: tuple[_TableSpec, ...] = (
+    _TableSpec("telemetry", Telemetry, TELEMETRY_SCHEMA, _telemetry_row),
+    _TableSpec("events", Event, EVENTS_SCHEMA, _event_row),
+)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """Rows appended per table in one :meth:`IcebergSync.sync` call (``total`` sums them)."""
+
+    rows: dict[str, int]
+    #: watermarks advanced from a commit that had landed without its watermark (crash recovery)
+    recovered: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+class IcebergSync:
+    """Syncs one fleet database into one Iceberg catalog; safe to call repeatedly and after a crash."""
+
+    def __init__(self, database: Database, settings: AnalyticsSettings, data_dir: Path):
+        self.database = database
+        self.settings = settings
+        self.properties = settings.catalog_properties(data_dir)
+        self._catalog: Catalog | None = None
+        #: test seam: called between the Iceberg commit and the watermark write (simulate a crash)
+        self.after_commit: Callable[[str, int], None] | None = None
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            try:
+                self._catalog = load_catalog(self.settings.catalog_name, **self.properties)
+            except Exception as exc:  # pyiceberg raises many types for a bad catalog config
+                raise ConfigError(f"cannot open Iceberg catalog {self.settings.catalog_name!r} "
+                                  f"({self.properties.get('type', '?')}): {exc}") from exc
+        return self._catalog
+
+    def identifier(self, table: str) -> str:
+        return f"{self.settings.namespace}.{table}"
+
+    def table(self, spec: _TableSpec) -> Table:
+        """Load (creating on first use) the Iceberg table of ``spec``."""
+        self.catalog.create_namespace_if_not_exists(self.settings.namespace)
+        return self.catalog.create_table_if_not_exists(
+            self.identifier(spec.name), schema=spec.schema, partition_spec=_day_spec()
+        )
+
+    def sync(self) -> SyncResult:
+        """Append every settled row past each table's watermark; returns the rows written."""
+        rows: dict[str, int] = {}
+        recovered: dict[str, int] = {}
+        for spec in TABLES:
+            rows[spec.name], rec = self._sync_table(spec)
+            if rec is not None:
+                recovered[spec.name] = rec
+        return SyncResult(rows, recovered)
+
+    # -- one table ---------------------------------------------------------------------------------
+
+    def _sync_table(self, spec: _TableSpec) -> tuple[int, int | None]:
+        written, recovered_to = 0, None
+        while True:
+            table = self.table(spec)  # fresh metadata: commits below assert this snapshot is current
+            watermark = self._watermark(spec.name)
+            committed = committed_high_water(table)
+            if committed > watermark:
+                log.warning("analytics: %s commit up to id %d landed without its watermark (%d); advancing",
+                            spec.name, committed, watermark)
+                self._set_watermark(spec.name, committed)
+                watermark, recovered_to = committed, committed
+            batch = self._read_batch(spec, watermark)
+            if not batch:
+                return written, recovered_to
+            high = batch[-1]["id"]
+            data = pa.Table.from_pylist(batch, schema=spec.schema.as_arrow())
+            try:
+                table.append(data, snapshot_properties={HIGH_WATER: str(high)})
+            except CommitFailedException as exc:
+                # another replica committed first; its rows are not ours to repeat
+                log.info("analytics: %s append lost a commit race (%s); retrying next run", spec.name, exc)
+                return written, recovered_to
+            if self.after_commit is not None:
+                self.after_commit(spec.name, high)
+            self._set_watermark(spec.name, high)
+            written += len(batch)
+            if len(batch) < self.settings.batch_size:
+                return written, recovered_to
+
+    def _watermark(self, name: str) -> int:
+        with self.database.session() as s:
+            row = s.get(SyncWatermark, name)
+            return row.last_id if row is not None else 0
+
+    def _set_watermark(self, name: str, last_id: int) -> None:
+        with self.database.session() as s:
+            row = s.get(SyncWatermark, name)
+            if row is None:
+                s.add(SyncWatermark(table_name=name, last_id=last_id))
+            elif last_id > row.last_id:  # never move backwards
+                row.last_id = last_id
+
+    def _read_batch(self, spec: _TableSpec, after_id: int) -> list[dict[str, Any]]:
+        model = spec.model
+        stmt = select(model).where(model.id > after_id)
+        if self.settings.settle_s > 0:
+            cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.settle_s)
+            stmt = stmt.where(model.received_at <= cutoff)
+        stmt = stmt.order_by(model.id).limit(self.settings.batch_size)
+        with self.database.session() as s:
+            return [spec.to_row(r) for r in s.scalars(stmt)]
+
+
+def committed_high_water(table: Table) -> int:
+    """The largest ``edgekit.high-water-id`` of any snapshot of ``table`` (0 when none)."""
+    best = 0
+    for snap in table.metadata.snapshots:
+        props = snap.summary.additional_properties if snap.summary is not None else {}
+        raw = props.get(HIGH_WATER)
+        if raw is not None:
+            try:
+                best = max(best, int(raw))
+            except ValueError:
+                log.warning("analytics: snapshot %s has a non-integer %s=%r", snap.snapshot_id, HIGH_WATER, raw)
+    return best
+
+
+def sync_once(ctx: FleetContext, settings: AnalyticsSettings | None = None, *,
+              syncer: IcebergSync | None = None) -> int:
+    """Sync the fleet of ``ctx`` once; returns the number of rows written (telemetry + events)."""
+    syncer = syncer or IcebergSync(ctx.database, settings or AnalyticsSettings(), ctx.settings.data_dir)
+    return syncer.sync().total
+
+
+def run_sync_loop(syncer: IcebergSync, stop: threading.Event) -> None:
+    """Sync every ``interval_s`` until ``stop`` is set; a failed run is logged and retried, never fatal."""
+    while not stop.is_set():
+        try:
+            result = syncer.sync()
+            if result.total:
+                log.info("analytics: appended %s", result.rows)
+        except (FleetError, ConfigError, SQLAlchemyError, OSError) as exc:
+            log.error("analytics sync failed (will retry in %.0fs): %s", syncer.settings.interval_s, exc)
+        except Exception:  # a long-running loop must survive anything a third-party library raises
+            log.exception("analytics sync failed unexpectedly (will retry)")
+        stop.wait(syncer.settings.interval_s)
