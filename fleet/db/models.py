@@ -169,6 +169,7 @@ class Rollout(Base):
     soak_s: Mapped[float] = mapped_column(Float)
     max_failure_rate: Mapped[float] = mapped_column(Float)
     max_p95_regression: Mapped[float] = mapped_column(Float)
+    max_confidence_drop: Mapped[float] = mapped_column(Float, default=0.15)
     install_timeout_s: Mapped[float] = mapped_column(Float)
     state: Mapped[str] = mapped_column(String(16), index=True)
     current_wave: Mapped[int] = mapped_column(Integer, default=0)

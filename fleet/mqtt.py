@@ -1,0 +1,110 @@
+"""MQTT plumbing of the fleet: client construction and the publisher of retained ``desired`` state.
+
+The rollout state machine writes desired state through the small :class:`DesiredPublisher` protocol, so
+it is testable with an in-memory publisher; :class:`MqttDesiredPublisher` is the real one (QoS 1,
+retained, waits for the broker's acknowledgement so the DB outbox flag is only cleared once it holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgekit.errors import FleetError
+from edgekit.wire import Desired, encode, topic
+from fleet.settings import FleetSettings
+
+__all__ = ["DesiredPublisher", "MqttDesiredPublisher", "connect_client", "new_client"]
+
+log = logging.getLogger(__name__)
+
+
+class DesiredPublisher(Protocol):
+    """Writes (or clears, with ``None``) one device's retained desired state; raises ``FleetError`` on failure."""
+
+    def publish(self, device_id: str, desired: Desired | None) -> None: ...
+
+
+def new_client(settings: FleetSettings, role: str) -> mqtt.Client:
+    """A paho v2 client with a unique id (``edgekit-fleet-{role}-xxxx``) and the configured credentials."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"edgekit-fleet-{role}-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv311,
+        clean_session=True,
+    )
+    if settings.broker_username:
+        client.username_pw_set(settings.broker_username, settings.broker_password)
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    return client
+
+
+def connect_client(client: mqtt.Client, settings: FleetSettings, *, timeout: float = 10.0) -> None:
+    """Connect and start the network loop; waits for CONNACK. Reconnects automatically afterwards."""
+    host, port = settings.broker_address
+    connected = threading.Event()
+    previous = client.on_connect
+
+    def on_connect(c, userdata, flags, reason_code, properties):  # paho v2 signature
+        if previous is not None:
+            previous(c, userdata, flags, reason_code, properties)
+        if not reason_code.is_failure:
+            connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        raise FleetError(f"cannot reach the MQTT broker at {host}:{port}: {exc}") from exc
+    client.loop_start()
+    if not connected.wait(timeout):
+        client.loop_stop()
+        raise FleetError(f"MQTT broker at {host}:{port} did not accept the connection within {timeout:.0f}s")
+
+
+class MqttDesiredPublisher:
+    """Publishes retained desired state (QoS 1) and waits for the broker to acknowledge it."""
+
+    def __init__(self, settings: FleetSettings, *, ack_timeout: float = 10.0):
+        self.settings = settings
+        self.ack_timeout = ack_timeout
+        self._client: mqtt.Client | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> MqttDesiredPublisher:
+        client = new_client(self.settings, "desired")
+        connect_client(client, self.settings)
+        self._client = client
+        return self
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+
+    def publish(self, device_id: str, desired: Desired | None) -> None:
+        if self._client is None:
+            raise FleetError("desired-state publisher is not started")
+        payload = encode(desired) if desired is not None else b""  # empty retained message clears it
+        with self._lock:
+            info = self._client.publish(topic(device_id, "desired"), payload, qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise FleetError(f"publishing desired state of {device_id} failed: {mqtt.error_string(info.rc)}")
+        try:
+            info.wait_for_publish(timeout=self.ack_timeout)
+        except (RuntimeError, ValueError) as exc:
+            raise FleetError(f"publishing desired state of {device_id} failed: {exc}") from exc
+        if not info.is_published():
+            raise FleetError(f"broker did not acknowledge desired state of {device_id} within {self.ack_timeout}s")
+
+    def __enter__(self) -> MqttDesiredPublisher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,158 @@
+"""Writes of ingested MQTT messages: one batch, one transaction, duplicates ignored.
+
+Telemetry and events are inserted with ``INSERT … ON CONFLICT (device_id, seq) DO NOTHING RETURNING id``
+(SQLite ≥ 3.35 and PostgreSQL), so a replay from a device's spool is stored once and counted as a
+duplicate. ``status`` and ``reported`` update the device registry; a device seen for the first time
+on any stream is registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edgekit import wire
+from fleet.db.models import Device, Event, Telemetry
+
+__all__ = ["BatchResult", "Message", "store_batch"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One validated message: its stream, device, payload and when the fleet received it."""
+
+    kind: str
+    device_id: str
+    payload: Any  # an edgekit.wire payload model matching ``kind``
+    received_at: datetime
+
+
+@dataclass
+class BatchResult:
+    stored: int = 0
+    duplicates: int = 0
+    #: devices whose birth (``status: online``) was in this batch: their desired state is re-published
+    births: list[str] = field(default_factory=list)
+    new_devices: list[str] = field(default_factory=list)
+
+
+def _insert_ignore(dialect: str, table):
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing(index_elements=["device_id", "seq"]).returning(table.id)
+
+
+def _telemetry_row(m: Message) -> dict[str, Any]:
+    t: wire.Telemetry = m.payload
+    return {
+        "device_id": m.device_id, "seq": t.seq, "ts": t.ts, "received_at": m.received_at, "replayed": t.replayed,
+        "model_name": t.model.name if t.model else None, "model_version": t.model.version if t.model else None,
+        "requests": t.requests, "errors": t.errors,
+        "p50_ms": t.latency.p50_ms, "p95_ms": t.latency.p95_ms, "p99_ms": t.latency.p99_ms,
+        "cpu_percent": t.cpu_percent, "memory_mb": t.memory_mb, "temperature_c": t.temperature_c,
+        "drift": t.drift.model_dump(mode="json"), "payload": t.model_dump(mode="json"),
+    }
+
+
+def _event_row(m: Message) -> dict[str, Any]:
+    e: wire.Event = m.payload
+    return {
+        "device_id": m.device_id, "seq": e.seq, "ts": e.ts, "received_at": m.received_at, "replayed": e.replayed,
+        "kind": e.kind, "level": e.level, "message": e.message, "rollout_id": e.rollout_id, "data": e.data,
+    }
+
+
+def _later(a: datetime | None, b: datetime) -> datetime:
+    if a is None:
+        return b
+    if a.tzinfo is None:
+        a = a.replace(tzinfo=timezone.utc)
+    return max(a, b)
+
+
+def _group_from_tags(tags: list[str]) -> str | None:
+    for t in tags:
+        if t.startswith("group="):
+            return t.split("=", 1)[1] or None
+    return None
+
+
+def store_batch(s: Session, messages: Sequence[Message]) -> BatchResult:
+    """Store ``messages`` in the session's transaction; returns what was stored and what was a duplicate."""
+    res = BatchResult()
+    if not messages:
+        return res
+    dialect = s.get_bind().dialect.name
+    ids = sorted({m.device_id for m in messages})
+    devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_(ids)))}
+    for device_id in ids:
+        if device_id not in devices:
+            first = min(m.received_at for m in messages if m.device_id == device_id)
+            d = Device(id=device_id, tags=[], online=False, first_seen=first, reported_generation=0,
+                       desired_generation=0, desired_published=True)
+            s.add(d)
+            devices[device_id] = d
+            res.new_devices.append(device_id)
+    if res.new_devices:
+        s.flush()
+
+    telemetry = [_telemetry_row(m) for m in messages if m.kind == "telemetry"]
+    events = [_event_row(m) for m in messages if m.kind == "events"]
+    for table, rows in ((Telemetry, telemetry), (Event, events)):
+        if rows:
+            stored = len(s.execute(_insert_ignore(dialect, table), rows).all())
+            res.stored += stored
+            res.duplicates += len(rows) - stored
+
+    for m in messages:
+        d = devices[m.device_id]
+        d.last_seen = _later(d.last_seen, m.received_at)
+        p = m.payload
+        if m.kind == "status":
+            _apply_status(d, p, m.received_at, res)
+            res.stored += 1
+        elif m.kind == "reported":
+            _apply_reported(d, p, m.received_at)
+            res.stored += 1
+        elif m.kind == "telemetry" and p.model is not None and d.active_name is None:
+            d.active_name, d.active_version = p.model.name, p.model.version
+    return res
+
+
+def _apply_status(d: Device, st: wire.Status, received_at: datetime, res: BatchResult) -> None:
+    if st.state == "online":
+        if not d.online:
+            res.births.append(d.id)
+        d.online, d.online_since = True, received_at
+        if st.agent_version:
+            d.agent_version = st.agent_version
+        if st.profile:
+            d.profile = st.profile
+        if st.tags:
+            d.tags = list(st.tags)
+            d.group = _group_from_tags(st.tags) or d.group
+        if st.model is not None:
+            d.active_name, d.active_version = st.model.name, st.model.version
+    else:
+        d.online = False
+
+
+def _apply_reported(d: Device, r: wire.Reported, received_at: datetime) -> None:
+    if r.active is not None:
+        d.active_name, d.active_version = r.active.name, r.active.version
+    if r.previous is not None:
+        d.previous_name, d.previous_version = r.previous.name, r.previous.version
+    d.ota_state = r.ota_state
+    d.reported_rollout_id = r.rollout_id
+    d.reported_generation = r.generation
+    d.reported_at = received_at
+    d.golden = r.golden.model_dump(mode="json") if r.golden is not None else None
+    d.golden_passed = r.golden.passed if r.golden is not None else None
+    d.last_error = r.last_error
