@@ -32,6 +32,7 @@ __all__ = [
     "SCOPES",
     "Principal",
     "TokenInfo",
+    "TokenNotFoundError",
     "create_token",
     "ensure_admin_token",
     "list_tokens",
@@ -44,6 +45,10 @@ __all__ = [
 _TOKEN = re.compile(r"^ekt_([0-9a-f]{16})_([A-Za-z0-9_-]{20,128})$")
 #: last_used_at is refreshed at most this often, so a busy dashboard does not write on every GET
 _TOUCH_EVERY = timedelta(seconds=60)
+
+
+class TokenNotFoundError(FleetError):
+    """No API token with the given id."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ def revoke_token(session: Session, token_id: str) -> TokenInfo:
     """Revoke a token by id (idempotent); unknown ids raise :class:`FleetError`."""
     row = session.get(ApiToken, token_id)
     if row is None:
-        raise FleetError(f"no API token with id {token_id!r}")
+        raise TokenNotFoundError(f"no API token with id {token_id!r}")
     if row.revoked_at is None:
         row.revoked_at = datetime.now(timezone.utc)
     session.flush()

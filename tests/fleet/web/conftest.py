@@ -1,6 +1,10 @@
-"""Fixtures of the fleet web tests: a real SQLite database with the fleet schema."""
+"""Fixtures of the fleet web tests: a real SQLite database (migrated by alembic), a real bundle registry
+and rollout manager wired into a ``FleetContext``, tokens, and a TestClient over ``create_app``."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -27,3 +31,117 @@ def sqlite_db(tmp_path):
 def web_db(request, sqlite_db):
     """The database the auth and audit tests run on (SQLite; PostgreSQL when its fixture is available)."""
     return sqlite_db
+
+
+class RecordingPublisher:
+    """Unit-test stand-in for the MQTT desired-state publisher: remembers what it was asked to send."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, object]] = []
+
+    def publish(self, device_id, desired) -> None:
+        self.sent.append((device_id, desired))
+
+
+class Clock:
+    """A settable clock for the rollout manager (soak windows pass instantly)."""
+
+    def __init__(self):
+        self.now = datetime.now(timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    by_kind: dict = field(default_factory=dict)
+
+
+@pytest.fixture
+def fleet_ctx(tmp_path, sqlite_db, signing_keys):
+    """A FleetContext over real SQLite, a real registry (trusting the test key) and a real rollout manager."""
+    from fleet.context import FleetContext
+    from fleet.registry import BundleRegistry
+    from fleet.rollouts import RolloutManager
+    from fleet.settings import FleetSettings
+
+    _, _, key_dir = signing_keys
+    settings = FleetSettings(data_dir=tmp_path / "fleet-data", database_url=sqlite_db.url,
+                             trusted_keys=[key_dir / "signing.pub"], port=8080)
+    from edgekit.signing import load_public_keys
+
+    trusted = load_public_keys(settings.trusted_keys)
+    registry = BundleRegistry(sqlite_db, settings.artifacts, trusted, settings.public_url)
+    publisher = RecordingPublisher()
+    clock = Clock()
+    rollouts = RolloutManager(sqlite_db, registry, publisher, clock=clock)
+    ctx = FleetContext(settings=settings, database=sqlite_db, registry=registry, rollouts=rollouts,
+                       publisher=publisher, ingest_stats=Stats(), trusted_keys=trusted)
+    ctx.test_clock = clock  # type: ignore[attr-defined]
+    return ctx
+
+
+@pytest.fixture
+def tokens(fleet_ctx):
+    """``{"admin": secret, "read": secret}`` created in the fleet's database."""
+    from fleet.auth import create_token
+
+    with fleet_ctx.database.session() as s:
+        admin, _ = create_token(s, "test-admin", "admin")
+        read, _ = create_token(s, "test-reader", "read")
+    return {"admin": admin, "read": read}
+
+
+@pytest.fixture
+def client(fleet_ctx):
+    from fastapi.testclient import TestClient
+
+    from fleet.api import create_app
+
+    with TestClient(create_app(fleet_ctx), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def admin_h(tokens):
+    return {"Authorization": f"Bearer {tokens['admin']}"}
+
+
+@pytest.fixture
+def read_h(tokens):
+    return {"Authorization": f"Bearer {tokens['read']}"}
+
+
+@pytest.fixture
+def feed(fleet_ctx):
+    """Store wire payloads through the fleet's real ingest write path (``fleet.store.store_batch``)."""
+    from fleet.store import Message, store_batch
+
+    kinds = {"Status": "status", "Telemetry": "telemetry", "Event": "events", "Reported": "reported"}
+
+    def _feed(*payloads):
+        now = fleet_ctx.test_clock()
+        msgs = [Message(kinds[type(p).__name__], p.device_id, p, now) for p in payloads]
+        with fleet_ctx.database.session() as s:
+            return store_batch(s, msgs)
+
+    return _feed
+
+
+@pytest.fixture(scope="session")
+def bundle_v2(tmp_path_factory, tiny_onnx, signing_keys):
+    """``tiny@2.0.0``, signed by the trusted test key."""
+    from runtimes.packaging import bundle_from_onnx
+
+    key, _, _ = signing_keys
+    out = tmp_path_factory.mktemp("bundle-v2") / "tiny-2.0.0.ekb"
+    bundle_from_onnx(tiny_onnx, name="tiny", version="2.0.0", key=key, out=out, labels=["a", "b", "c"])
+    return out

@@ -1,0 +1,73 @@
+"""Per-device telemetry time series (latency, errors, drift) and recent events, for charts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from fleet.api.deps import Ctx, Reader
+from fleet.api.errors import NotFoundError
+from fleet.api.util import utc
+from fleet.db.models import Device, Event, Telemetry
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"])
+
+
+def _point(t: Telemetry) -> dict[str, Any]:
+    drift = t.drift or {}
+    inputs = {k: {"mean": v.get("mean"), "std": v.get("std")} for k, v in (drift.get("inputs") or {}).items()
+              if isinstance(v, dict)}
+    return {
+        "seq": t.seq, "ts": utc(t.ts), "model": f"{t.model_name}@{t.model_version}" if t.model_name else None,
+        "requests": t.requests, "errors": t.errors,
+        "error_rate": (t.errors / t.requests) if t.requests else None,
+        "p50_ms": t.p50_ms, "p95_ms": t.p95_ms, "p99_ms": t.p99_ms,
+        "cpu_percent": t.cpu_percent, "memory_mb": t.memory_mb, "temperature_c": t.temperature_c,
+        "confidence_mean": drift.get("confidence_mean"), "confidence_p10": drift.get("confidence_p10"),
+        "inputs": inputs, "predictions": drift.get("predictions") or {},
+    }
+
+
+def _known(ctx, device_id: str) -> None:
+    with ctx.database.session() as s:
+        if s.get(Device, device_id) is None:
+            raise NotFoundError(f"no device {device_id!r}")
+
+
+@router.get("/{device_id}", summary="A device's telemetry series, oldest first (latest `limit` points)")
+def series(
+    device_id: str, ctx: Ctx, _p: Reader,
+    since: datetime | None = Query(None, description="ISO time; only points at or after it"),
+    until: datetime | None = Query(None, description="ISO time; only points before it"),
+    limit: int = Query(500, ge=1, le=10_000),
+) -> dict[str, Any]:
+    _known(ctx, device_id)
+    q = select(Telemetry).where(Telemetry.device_id == device_id)
+    if since is not None:
+        q = q.where(Telemetry.ts >= since)
+    if until is not None:
+        q = q.where(Telemetry.ts < until)
+    q = q.order_by(Telemetry.ts.desc(), Telemetry.seq.desc()).limit(limit)
+    with ctx.database.session() as s:
+        points = [_point(t) for t in s.scalars(q)]
+    points.reverse()
+    return {"device_id": device_id, "count": len(points), "points": points}
+
+
+@router.get("/{device_id}/events", summary="A device's most recent events, newest first")
+def events(device_id: str, ctx: Ctx, _p: Reader, limit: int = Query(100, ge=1, le=5000),
+           kind: str | None = Query(None, description="only events of this kind prefix, e.g. ota.")) -> dict[str, Any]:
+    _known(ctx, device_id)
+    q = select(Event).where(Event.device_id == device_id)
+    if kind:
+        q = q.where(Event.kind.startswith(kind, autoescape=True))
+    q = q.order_by(Event.ts.desc(), Event.seq.desc()).limit(limit)
+    with ctx.database.session() as s:
+        rows = [{"seq": e.seq, "ts": utc(e.ts), "kind": e.kind, "level": e.level, "message": e.message,
+                 "rollout_id": e.rollout_id, "data": e.data or {}} for e in s.scalars(q)]
+    return {"device_id": device_id, "count": len(rows), "events": rows}
