@@ -1,0 +1,234 @@
+"""MQTT ingest: every device's ``status``, ``telemetry``, ``events`` and ``reported`` into the database.
+
+- **Subscriptions** (QoS 1): ``telemetry`` and ``events`` through an MQTT shared subscription
+  (``$share/{group}/edgekit/v1/+/telemetry``) so several fleet replicas split the load. ``status`` and
+  ``reported`` are retained by devices, and brokers do not deliver retained messages to shared
+  subscriptions, so every replica subscribes to those two directly (low volume; updates are idempotent).
+- **Fast path**: the paho network thread only appends ``(topic, payload, time)`` to a queue; a writer
+  thread validates with :func:`edgekit.wire.decode` and writes in batches (flush by size or time) with
+  :func:`fleet.store.store_batch`, de-duplicating replays by ``(device, seq)``.
+- **Never fatal**: a bad topic or payload is counted (``invalid``) and logged; a database error keeps the
+  batch and retries it, so nothing acknowledged is dropped while the process lives. ``stop()`` drains
+  the queue before returning.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import paho.mqtt.client as mqtt
+
+from edgekit import wire
+from edgekit.errors import FleetError, WireError
+from fleet.db.base import Database
+from fleet.mqtt import connect_client, new_client
+from fleet.settings import FleetSettings
+from fleet.store import BatchResult, Message, store_batch
+
+__all__ = ["Ingest", "IngestStats", "decode_message", "subscriptions"]
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class IngestStats:
+    """Live counters (read from any thread; each is written by one thread only)."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    #: empty payloads (a cleared retained message): nothing to store
+    ignored: int = 0
+    batches: int = 0
+    db_errors: int = 0
+    last_error: str | None = None
+
+    @property
+    def pending(self) -> int:
+        """Messages received but not yet written (or rejected)."""
+        return self.received - self.stored - self.duplicates - self.invalid - self.ignored
+
+    def snapshot(self) -> dict[str, int | str | None]:
+        return {
+            "received": self.received, "stored": self.stored, "duplicates": self.duplicates,
+            "invalid": self.invalid, "ignored": self.ignored, "pending": self.pending, "batches": self.batches,
+            "db_errors": self.db_errors, "last_error": self.last_error,
+        }
+
+
+def subscriptions(shared_group: str | None) -> list[tuple[str, int]]:
+    """The ``(topic filter, qos)`` list the ingest subscribes to (see the module docstring)."""
+    return [
+        (wire.subscription("telemetry", shared_group=shared_group), 1),
+        (wire.subscription("events", shared_group=shared_group), 1),
+        (wire.subscription("status"), 1),
+        (wire.subscription("reported"), 1),
+    ]
+
+
+def decode_message(topic: str, payload: bytes, received: float) -> Message | None:
+    """Validate one MQTT message; ``None`` for an empty payload (a cleared retained message).
+
+    Raises :class:`~edgekit.errors.WireError` for a foreign topic, a bad payload, or a payload whose
+    ``device_id`` is not the topic's device (one device must not write another's data).
+    """
+    device_id, kind = wire.parse_topic(topic)
+    if not payload:
+        return None
+    if kind == "desired":
+        raise WireError(f"{topic}: the fleet does not ingest desired state")
+    p = wire.decode(kind, payload)
+    if p.device_id != device_id:
+        raise WireError(f"{topic}: payload device_id {p.device_id!r} does not match the topic")
+    return Message(kind, device_id, p, datetime.fromtimestamp(received, timezone.utc))
+
+
+class Ingest:
+    """Subscribe, validate, batch and store (see the module docstring). ``start()`` / ``stop()``."""
+
+    def __init__(
+        self,
+        settings: FleetSettings,
+        database: Database,
+        *,
+        stats: IngestStats | None = None,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ):
+        self.settings = settings
+        self.database = database
+        self.stats = stats or IngestStats()
+        self.on_batch = on_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._client: mqtt.Client | None = None
+        self._writer: threading.Thread | None = None
+        self._logged_invalid = 0
+
+    # -- MQTT side (network thread) -----------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("ingest: broker refused the connection: %s", reason_code)
+            return
+        client.subscribe(subscriptions(self.settings.shared_group))
+
+    def _on_message(self, client, userdata, message) -> None:
+        self._queue.put((message.topic, message.payload, time.time()))
+        self.stats.received += 1
+
+    # -- writer thread ------------------------------------------------------------------------
+    def _invalid(self, topic: str, exc: Exception) -> None:
+        self.stats.invalid += 1
+        self.stats.last_error = f"{topic}: {exc}"
+        if self._logged_invalid < 20 or self.stats.invalid % 1000 == 0:
+            log.warning("ingest: rejected message on %s: %s (invalid so far: %d)", topic, exc, self.stats.invalid)
+            self._logged_invalid += 1
+
+    def _write(self, batch: list[Message]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                with self.database.session() as s:
+                    res = store_batch(s, batch)
+                break
+            except Exception as exc:  # noqa: BLE001 - the DB may be briefly unavailable: keep the batch, retry
+                self.stats.db_errors += 1
+                self.stats.last_error = f"database: {exc}"
+                log.error("ingest: writing %d messages failed, retrying in %.1fs: %s", len(batch), delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.stats.batches += 1
+        self.stats.duplicates += res.duplicates
+        self.stats.stored += len(batch) - res.duplicates
+        if self.on_batch is not None:
+            try:
+                self.on_batch(res)
+            except Exception:  # noqa: BLE001 - a hook must not stop the ingest
+                log.exception("ingest: batch hook failed")
+
+    def _run(self) -> None:
+        size, flush_s = self.settings.ingest_batch_size, self.settings.ingest_flush_s
+        stopping = False
+        while not stopping:
+            try:
+                item = self._queue.get(timeout=flush_s)
+            except queue.Empty:
+                continue
+            raw = []
+            deadline = time.monotonic() + flush_s
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                raw.append(item)
+                if len(raw) >= size:
+                    break
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+            batch = []
+            for topic, payload, received in raw:
+                try:
+                    msg = decode_message(topic, payload, received)
+                except WireError as exc:
+                    self._invalid(topic, exc)
+                    continue
+                if msg is None:
+                    self.stats.ignored += 1
+                    continue
+                batch.append(msg)
+            if batch:
+                self._write(batch)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> Ingest:
+        if self._writer is not None:
+            raise FleetError("ingest already started")
+        self._writer = threading.Thread(target=self._run, name="fleet-ingest-writer", daemon=True)
+        self._writer.start()
+        client = new_client(self.settings, "ingest")
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        try:
+            connect_client(client, self.settings)
+        except FleetError:
+            self._queue.put(_STOP)
+            self._writer.join()
+            self._writer = None
+            raise
+        self._client = client
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop receiving, write everything already received, then return."""
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join(timeout)
+            self._writer = None
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until every received message is written or rejected (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.stats.pending <= 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def __enter__(self) -> Ingest:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,138 @@
+"""Ingest against a real mosquitto broker and a real SQLite database."""
+
+from __future__ import annotations
+
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import func, select
+
+from edgekit import wire
+from fleet.db.models import Device, Event, Telemetry
+from fleet.ingest import Ingest, decode_message
+from fleet.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+
+def publisher(broker, client_id="sim", will: wire.Status | None = None) -> mqtt.Client:
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+    if will is not None:
+        c.will_set(wire.topic(will.device_id, "status"), wire.encode(will), qos=1, retain=True)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def pub(c: mqtt.Client, device: str, kind: str, payload, retain=False) -> None:
+    raw = payload if isinstance(payload, bytes) else wire.encode(payload)
+    c.publish(wire.topic(device, kind), raw, qos=1, retain=retain).wait_for_publish(5)
+
+
+def wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def settings(mosquitto, tmp_path):
+    return load_settings(data_dir=tmp_path, broker_url=mosquitto.url, ingest_flush_s=0.05)
+
+
+def test_ingest_stores_dedups_and_counts_invalid(mosquitto, settings, db):
+    c = publisher(mosquitto)
+    # a device that was born before the fleet started: its retained birth must still register it
+    pub(c, "cam-1", "status", wire.Status(device_id="cam-1", state="online", profile="x86-avx2",
+                                          tags=["line-3", "group=eu"], agent_version="0.1.0",
+                                          model=wire.ModelRef(name="tiny", version="1.0.0")), retain=True)
+    with Ingest(settings, db) as ing:
+        assert wait_for(lambda: ing.stats.received >= 1)
+        for seq in range(1, 6):
+            pub(c, "cam-1", "telemetry", wire.Telemetry(device_id="cam-1", seq=seq, requests=10, errors=1,
+                                                         model=wire.ModelRef(name="tiny", version="1.0.0"),
+                                                         latency=wire.LatencyStats(p95_ms=3.5)))
+        pub(c, "cam-1", "events", wire.Event(device_id="cam-1", seq=6, kind="ota.download", message="go"))
+        # the device's spool replays seq 3..6 after a reconnect: stored once
+        for seq in range(3, 6):
+            pub(c, "cam-1", "telemetry", wire.Telemetry(device_id="cam-1", seq=seq, replayed=True))
+        pub(c, "cam-1", "events", wire.Event(device_id="cam-1", seq=6, kind="ota.download", replayed=True))
+        # bad input: not JSON, schema violation, another device's id, unknown payload version
+        pub(c, "cam-1", "telemetry", b"{not json")
+        pub(c, "cam-1", "telemetry", b'{"device_id": "cam-1", "seq": -4}')
+        pub(c, "cam-1", "events", wire.Event(device_id="cam-2", seq=1, kind="spoof"))
+        pub(c, "cam-1", "reported", b'{"v": 99, "device_id": "cam-1"}')
+        pub(c, "cam-1", "reported", wire.Reported(device_id="cam-1", active=wire.ModelRef(name="tiny", version="1.0.0"),
+                                                  ota_state="installed", generation=3, rollout_id="r-x",
+                                                  golden=wire.GoldenResult(passed=True, accuracy=1.0)))
+        assert wait_for(lambda: ing.stats.received >= 16)
+        assert ing.wait_idle()
+        stats = ing.stats.snapshot()
+    assert stats["invalid"] == 4, stats
+    assert stats["duplicates"] == 4, stats
+    assert stats["received"] == 16 and stats["stored"] == 8 and stats["pending"] == 0, stats
+    assert "unsupported payload version 99" in stats["last_error"]
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Telemetry)) == 5
+        assert s.scalar(select(func.count()).select_from(Event)) == 1
+        t = s.scalar(select(Telemetry).where(Telemetry.seq == 3))
+        assert t.replayed is False and t.p95_ms == 3.5 and t.model_version == "1.0.0"
+        d = s.get(Device, "cam-1")
+        assert d.online and d.profile == "x86-avx2" and d.tags == ["line-3", "group=eu"] and d.group == "eu"
+        assert (d.active_name, d.active_version, d.ota_state, d.reported_generation) == ("tiny", "1.0.0", "installed", 3)
+        assert d.golden_passed is True and d.agent_version == "0.1.0"
+        assert s.get(Device, "cam-2") is None, "a spoofed payload registers nothing"
+    c.loop_stop()
+    c.disconnect()
+
+
+def test_last_will_marks_device_offline_and_birth_online(mosquitto, settings, db):
+    with Ingest(settings, db) as ing:
+        will = wire.Status(device_id="pi-7", state="offline")
+        dev = publisher(mosquitto, "pi-7", will=will)
+        pub(dev, "pi-7", "status", wire.Status(device_id="pi-7", state="online", profile="raspberry-pi-5"), retain=True)
+
+        def online():
+            with db.session() as s:
+                d = s.get(Device, "pi-7")
+                return d is not None and d.online
+
+        assert wait_for(online)
+        dev.loop_stop()
+        dev.socket().close()  # connection lost without DISCONNECT: the broker publishes the last will
+        assert wait_for(lambda: not online()), "last will did not mark the device offline"
+        assert ing.wait_idle()
+        with db.session() as s:
+            d = s.get(Device, "pi-7")
+            assert d.profile == "raspberry-pi-5" and d.first_seen is not None and d.last_seen is not None
+
+
+def test_two_replicas_split_telemetry_through_the_shared_subscription(mosquitto, settings, db):
+    a, b = Ingest(settings, db), Ingest(settings, db)
+    with a, b:
+        c = publisher(mosquitto)
+        for seq in range(1, 201):
+            c.publish(wire.topic("cam-9", "telemetry"), wire.encode(wire.Telemetry(device_id="cam-9", seq=seq)), qos=1)
+        assert wait_for(lambda: a.stats.received + b.stats.received >= 200)
+        assert a.wait_idle() and b.wait_idle()
+        assert a.stats.received > 0 and b.stats.received > 0, "both replicas get a share"
+        assert a.stats.received + b.stats.received == 200, "each message goes to exactly one replica"
+        c.loop_stop()
+        c.disconnect()
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Telemetry)) == 200
+
+
+def test_decode_message_rejects_foreign_topics():
+    from edgekit.errors import WireError
+
+    with pytest.raises(WireError, match="not an edgekit v1 topic"):
+        decode_message("other/v1/x/telemetry", b"{}", 0.0)
+    with pytest.raises(WireError, match="desired"):
+        decode_message("edgekit/v1/x/desired", b"{}", 0.0)
+    assert decode_message("edgekit/v1/x/status", b"", 0.0) is None
