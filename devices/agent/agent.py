@@ -218,6 +218,8 @@ class Agent:
                 log.exception("telemetry failed")
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         with contextlib.suppress(AgentError):
             self.notifier.stopping()

@@ -194,7 +194,10 @@ def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read agent config {path}: {exc}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -76,7 +76,10 @@ class DriftMonitor:
             self._conf.clear()
             self.labels = labels
 
-    def observe(self, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    def observe(self, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+                labels: list[str] | None = None) -> None:
+        """Fold one request in; ``labels`` name the classes (default: those given at reset)."""
+        labels = labels if labels is not None else self.labels
         with self._lock:
             for name, arr in feeds.items():
                 if arr.dtype.kind in "fiub":
@@ -88,7 +91,7 @@ class DriftMonitor:
                 return
             classes = first.argmax(axis=1)
             for c in classes.tolist():
-                key = self.labels[c] if self.labels and c < len(self.labels) else str(c)
+                key = labels[c] if labels and c < len(labels) else str(c)
                 self._predictions[key] += 1
             self._conf.extend(_confidences(first).tolist())
 

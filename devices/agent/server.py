@@ -168,7 +168,9 @@ def create_app(svc: InferenceService) -> FastAPI:
             if req.id is not None:
                 resp["id"] = req.id
             try:
-                text = json.dumps(resp, allow_nan=False)
+                # NaN/Infinity tokens (as Python's and Triton's JSON readers accept) only for models whose
+                # manifest declares non-finite values legitimate; otherwise they mean a broken model.
+                text = json.dumps(resp, allow_nan=answered.manifest.allow_non_finite)
             except ValueError:
                 text = None
         except RequestError as exc:
@@ -182,7 +184,7 @@ def create_app(svc: InferenceService) -> FastAPI:
             return _error(500, "the model produced non-finite outputs, which JSON cannot carry")
         svc.metrics.observe_request(label, time.perf_counter() - t0, "ok")
         try:
-            svc.drift.observe(feeds, outputs)
+            svc.drift.observe(feeds, outputs, answered.manifest.labels)
         except Exception:  # noqa: BLE001 - drift statistics must never fail a request
             svc.metrics.errors.labels("drift").inc()
         return Response(text, media_type="application/json")

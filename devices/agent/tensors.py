@@ -105,6 +105,18 @@ def _flat(data: Any, name: str) -> list:
     return out
 
 
+def _check_nesting(data: list, shape: list[int], name: str, depth: int = 0) -> None:
+    """Nested data must follow the declared shape exactly (flat data is the other accepted form)."""
+    if depth >= len(shape) or len(data) != shape[depth]:
+        raise RequestError(f"input {name!r}: nested 'data' does not follow shape {shape} at depth {depth}")
+    last = depth == len(shape) - 1
+    for v in data:
+        if isinstance(v, list) == last:
+            raise RequestError(f"input {name!r}: nested 'data' does not follow shape {shape} at depth {depth + 1}")
+        if not last:
+            _check_nesting(v, shape, name, depth + 1)
+
+
 def _values(flat: list, spec: TensorSpec) -> np.ndarray:
     dtype = np.dtype(spec.dtype)
     kind = dtype.kind
@@ -154,6 +166,8 @@ def decode_inputs(req: InferRequest, manifest: Manifest) -> dict[str, np.ndarray
         expected = math.prod(inp.shape)
         if expected > _MAX_ELEMENTS:
             raise RequestError(f"input {inp.name!r}: shape {inp.shape} is too large", status=413)
+        if isinstance(inp.data, list) and any(isinstance(v, list) for v in inp.data):
+            _check_nesting(inp.data, inp.shape, inp.name)
         flat = _flat(inp.data, inp.name)
         if len(flat) != expected:
             raise RequestError(
