@@ -47,7 +47,11 @@ class FleetSettings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     #: base URL devices use to download bundles; default ``http://{host or 127.0.0.1}:{port}``
     public_url: str | None = None
-    #: trusted bundle-signing public keys (files, or folders of ``*.pub``)
+    #: serve bundle downloads without an API token (bundles are signed and verified on the device, but a
+    #: model may be confidential: off by default; give agents a read token in their download headers)
+    public_downloads: bool = False
+    #: trusted bundle-signing public keys (files, or folders of ``*.pub``); ``{data_dir}/trusted-keys/*.pub``
+    #: is always added
     trusted_keys: list[Path] = Field(default_factory=list)
     #: MQTT shared-subscription group; replicas of the fleet in one group split the ingest load
     shared_group: str = Field(default="edgekit-fleet", pattern=r"^[A-Za-z0-9_.-]{1,64}$")

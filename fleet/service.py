@@ -1,0 +1,170 @@
+"""The running fleet manager: broker (if embedded), database, registry, ingest, rollout ticker, HTTP API.
+
+:func:`build_context` wires the parts into a :class:`~fleet.context.FleetContext`;
+:class:`FleetService` starts and stops the long-running ones (broker, ingest, ticker) around it, and
+:func:`serve` adds the HTTP API (``fleet.api.create_app``) under uvicorn — that is ``edgekit fleet up``.
+Every start migrates the database first. Nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from edgekit.errors import FleetError
+from edgekit.signing import PublicKey, load_public_keys
+from fleet.broker import EmbeddedBroker
+from fleet.context import FleetContext
+from fleet.db.base import Database
+from fleet.db.migrate import upgrade
+from fleet.ingest import Ingest, IngestStats
+from fleet.mqtt import DesiredPublisher, MqttDesiredPublisher
+from fleet.registry import BundleRegistry
+from fleet.rollouts.manager import RolloutManager
+from fleet.settings import FleetSettings
+from fleet.store import BatchResult
+
+__all__ = ["FleetService", "RolloutTicker", "build_context", "serve", "trusted_keys"]
+
+log = logging.getLogger(__name__)
+
+
+def trusted_keys(settings: FleetSettings) -> list[PublicKey]:
+    """The configured keys plus every ``*.pub`` in ``{data_dir}/trusted-keys/``."""
+    paths = list(settings.trusted_keys)
+    extra = settings.data_dir / "trusted-keys"
+    if extra.is_dir():
+        paths.append(extra)
+    return load_public_keys(paths)
+
+
+def build_context(settings: FleetSettings, publisher: DesiredPublisher, *, database: Database | None = None,
+                  stats: IngestStats | None = None) -> FleetContext:
+    """Database (migrated), registry and rollout manager for ``settings``; no thread is started."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = database or Database(settings.database)
+    upgrade(db)
+    keys = trusted_keys(settings)
+    registry = BundleRegistry(db, settings.artifacts, keys, settings.public_url or "")
+    manager = RolloutManager(db, registry, publisher)
+    return FleetContext(settings=settings, database=db, registry=registry, rollouts=manager,
+                        publisher=publisher, ingest_stats=stats or IngestStats(), trusted_keys=keys)
+
+
+class RolloutTicker:
+    """Calls ``manager.tick()`` every ``interval`` seconds in a thread until stopped."""
+
+    def __init__(self, manager: RolloutManager, interval: float):
+        self.manager, self.interval = manager, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.manager.tick()
+            except Exception:  # noqa: BLE001 - the ticker must survive anything one tick throws
+                log.exception("rollout tick failed")
+            self._stop.wait(self.interval)
+
+    def start(self) -> RolloutTicker:
+        self._thread = threading.Thread(target=self._run, name="fleet-rollout-ticker", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+
+
+class FleetService:
+    """Start/stop the fleet's long-running parts; ``ctx`` is ready after :meth:`start`."""
+
+    def __init__(self, settings: FleetSettings):
+        self.settings = settings
+        self.broker: EmbeddedBroker | None = None
+        self.publisher: MqttDesiredPublisher | None = None
+        self.ingest: Ingest | None = None
+        self.ticker: RolloutTicker | None = None
+        self.ctx: FleetContext | None = None
+
+    def _on_batch(self, res: BatchResult) -> None:
+        # a device (re)born gets its desired state again, even if the broker lost the retained copy
+        if self.ctx is not None:
+            for device_id in res.births:
+                self.ctx.rollouts.republish(device_id)
+
+    def start(self) -> FleetContext:
+        s = self.settings
+        try:
+            if s.broker_url == "embedded":
+                self.broker = EmbeddedBroker(s).start()
+            self.publisher = MqttDesiredPublisher(s).start()
+            ctx = build_context(s, self.publisher)
+            self.ctx = ctx
+            if not ctx.trusted_keys:
+                log.warning("no trusted signing keys configured: every bundle upload will be refused "
+                            "(set trusted_keys or put *.pub files in %s)", s.data_dir / "trusted-keys")
+            self.ingest = Ingest(s, ctx.database, stats=ctx.ingest_stats, on_batch=self._on_batch).start()
+            self.ticker = RolloutTicker(ctx.rollouts, s.tick_interval_s).start()
+        except BaseException:
+            self.stop()
+            raise
+        return ctx
+
+    def stop(self) -> None:
+        """Stop in reverse order; ingest drains what it already received."""
+        if self.ticker is not None:
+            self.ticker.stop()
+            self.ticker = None
+        if self.ingest is not None:
+            self.ingest.stop()
+            self.ingest = None
+        if self.publisher is not None:
+            self.publisher.stop()
+            self.publisher = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        if self.ctx is not None:
+            self.ctx.database.dispose()
+
+    def __enter__(self) -> FleetContext:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(settings: FleetSettings, *, announce=print) -> None:
+    """``edgekit fleet up``: start everything, print the first admin token once, serve HTTP until stopped."""
+    try:
+        import uvicorn
+
+        from fleet.api import create_app
+        from fleet.auth import ensure_admin_token
+    except ImportError as exc:
+        raise FleetError(f"the fleet HTTP API needs the fleet extra (pip install 'edgekit[fleet]'): {exc}") from exc
+    service = FleetService(settings)
+    ctx = service.start()
+    try:
+        token = ensure_admin_token(ctx)
+        host, port = settings.broker_address
+        broker = f"{service.broker.kind} on {host}:{port}" if service.broker else settings.broker_url
+        announce(f"edgekit fleet: API and dashboard on http://{settings.host}:{settings.port} "
+                 f"(public URL {settings.public_url}); MQTT broker: {broker}; database: "
+                 f"{ctx.database.engine.url.render_as_string(hide_password=True)}")
+        if token:
+            announce(f"admin token (shown once, only its hash is stored): {token}")
+        app = create_app(ctx, public_downloads=settings.public_downloads)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:
+            raise FleetError(f"the HTTP API could not listen on {settings.host}:{settings.port} (port in use?)")
+    finally:
+        service.stop()
+
+
