@@ -39,6 +39,7 @@ def create_app(ctx: FleetContext, *, public_downloads: bool = False) -> FastAPI:
     install_error_handlers(app)
     for module in (health, devices, bundles, rollouts, telemetry, audit, tokens):
         app.include_router(module.router)
+    app.include_router(tokens.me_router)
 
     index = DASHBOARD_DIR / "index.html"
 

@@ -8,13 +8,14 @@ from typing import Literal
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.api.deps import Admin, Ctx
+from fleet.api.deps import Admin, Ctx, Reader
 from fleet.audit import record
 from fleet.auth import create_token, list_tokens, revoke_token
 
-__all__ = ["router"]
+__all__ = ["me_router", "router"]
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
+me_router = APIRouter()
 
 
 class TokenOut(BaseModel):
@@ -35,6 +36,11 @@ class TokenCreate(BaseModel):
 class TokenCreated(TokenOut):
     #: shown once; only its hash is stored
     token: str
+
+
+@me_router.get("/api/v1/whoami", tags=["tokens"], summary="The calling token's name and scope")
+def whoami(principal: Reader) -> dict[str, str]:
+    return {"id": principal.token_id, "name": principal.name, "scope": principal.scope}
 
 
 @router.get("", response_model=list[TokenOut], summary="API tokens (never their secrets)")
