@@ -71,7 +71,7 @@ class SecureBrokerFiles:
     @classmethod
     def in_dir(cls, broker_dir: Path) -> SecureBrokerFiles:
         d = Path(broker_dir)
-        return cls(conf=d / "mosquitto-secure.conf", acl=d / "acl", pid_file=d / "mosquitto.pid")
+        return cls(conf=d / "mosquitto-secure.conf", acl=d / "acl", pid_file=d / "mosquitto-secure.pid")
 
 
 def render_acl(denied: list[str] | tuple[str, ...] = (), *, fleet_identity: str = FLEET_IDENTITY) -> str:

@@ -1,0 +1,180 @@
+"""``edgekit fleet ca init | provision | revoke | keys …``: the zero-trust commands of the fleet CLI.
+
+``fleet_security_app`` carries no name of its own: mounted with ``fleet_app.add_typer(fleet_security_app)``
+its commands sit directly under ``edgekit fleet``. Paths come from the fleet settings (``--config`` YAML,
+``EDGEKIT_FLEET_*``, ``--data-dir``): the CA in ``{data_dir}/pki``, bundle-signing keys in
+``{data_dir}/keys/{trusted,retired}``, the secure broker files in ``{data_dir}/broker``.
+Every error is one red line and exit code 1 (2 for bad usage), never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+
+from edgekit.errors import EdgekitError
+from fleet.security.broker_config import SecureBrokerFiles, apply_revocation, write_secure_broker
+from fleet.security.keyring import BundleKeyring
+from fleet.security.pki import FleetPKI
+from fleet.security.provision import provision
+from fleet.settings import FleetSettings, load_settings
+
+__all__ = ["fleet_security_app"]
+
+fleet_security_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+ca_app = typer.Typer(help="The fleet's certificate authority.", no_args_is_help=True)
+keys_app = typer.Typer(help="Trusted bundle-signing keys: add, retire, list (key rotation).", no_args_is_help=True)
+fleet_security_app.add_typer(ca_app, name="ca")
+fleet_security_app.add_typer(keys_app, name="signing-keys")
+
+_err = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", help="Fleet config YAML (see `edgekit fleet` settings).")
+DataDirOpt = typer.Option(None, "--data-dir", help="Fleet data folder (default from settings: fleet-data).")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except EdgekitError as exc:
+        _err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _settings(config: Path | None, data_dir: Path | None) -> FleetSettings:
+    return load_settings(config, data_dir=data_dir)
+
+
+def _pki_dir(s: FleetSettings) -> Path:
+    return s.data_dir / "pki"
+
+
+def _keyring(s: FleetSettings) -> BundleKeyring:
+    return BundleKeyring(s.data_dir / "keys")
+
+
+def _broker_dir(s: FleetSettings) -> Path:
+    return s.data_dir / "broker"
+
+
+@ca_app.command("init")
+def ca_init(
+    hostname: list[str] = typer.Option(
+        [], "--hostname", help="Extra broker host name / IP for its certificate (repeatable)."
+    ),
+    broker_port: int = typer.Option(8883, "--broker-port", min=1, max=65535, help="TLS port of the secure broker."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing CA (every issued certificate dies)."),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Create the fleet CA, the broker's server certificate, the fleet identity and the secure broker config."""
+    with _errors():
+        s = _settings(config, data_dir)
+        public_host = urlsplit(s.public_url or "").hostname
+        names = list(hostname) + ([public_host] if public_host and public_host not in hostname else [])
+        pki = FleetPKI.init(_pki_dir(s), server_hostnames=names, overwrite=force)
+        files = write_secure_broker(pki, _broker_dir(s), port=broker_port)
+        typer.echo(f"fleet CA created in {pki.root} (private key {pki.ca_key_path}, mode 0600)")
+        typer.echo(f"broker certificate for 127.0.0.1, localhost{''.join(', ' + n for n in names)}")
+        typer.echo(f"fleet identity {pki.fleet_cert_path}; secure broker config {files.conf}")
+
+
+@fleet_security_app.command("provision")
+def provision_cmd(
+    device_id: str = typer.Argument(..., help="The device id (becomes the certificate CN and MQTT user)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the device's key, certificate and agent.yaml."),
+    profile: str | None = typer.Option(None, "--profile", help="Device profile name (e.g. raspberry-pi-5)."),
+    tags: str = typer.Option("", "--tags", help="Comma-separated device tags (e.g. site=lab,canary)."),
+    renew: bool = typer.Option(False, "--renew", help="Issue an overlapping new certificate for a device."),
+    broker_url: str | None = typer.Option(None, "--broker-url", help="mqtts:// URL devices use (default: "
+                                          "the fleet's public host, port 8883)."),
+    fleet_url: str | None = typer.Option(None, "--fleet-url", help="Fleet API URL (default: settings public_url)."),
+    trusted_key: list[Path] = typer.Option(
+        [], "--trusted-key", help="Bundle-signing public key or folder (default: the fleet's trusted keys)."
+    ),
+    install_dir: Path | None = typer.Option(
+        None, "--install-dir", help="Where the folder will live on the device (paths in agent.yaml)."
+    ),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Issue a device's key + certificate (CN = device id) and write a ready agent config."""
+    with _errors():
+        s = _settings(config, data_dir)
+        pki = FleetPKI.open(_pki_dir(s))
+        if broker_url is None:
+            host = urlsplit(s.public_url or "").hostname or "127.0.0.1"
+            broker_url = f"mqtts://{host}:8883"
+        keys = list(trusted_key)
+        if not keys:
+            ring = _keyring(s)
+            keys = [ring.trusted_dir] if ring.trusted() else list(s.trusted_keys)
+        result = provision(
+            pki, device_id, out_dir=out, broker_url=broker_url, fleet_url=fleet_url or s.public_url,
+            trusted_keys=keys, profile=profile, tags=[t for t in tags.split(",") if t.strip()],
+            renew=renew, install_dir=install_dir,
+        )
+        verb = "renewed" if renew else "provisioned"
+        typer.echo(
+            f"{verb} {device_id}: certificate serial {result.identity.serial}, valid until "
+            f"{result.identity.not_after:%Y-%m-%d}; wrote {result.out_dir} (key 0600, agent.yaml)"
+        )
+
+
+@fleet_security_app.command("revoke")
+def revoke_cmd(
+    device_id: str = typer.Argument(..., help="The device whose certificates are revoked."),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Revoke a device: CRL + ACL deny rule, and reload a running secure broker (no restart)."""
+    with _errors():
+        s = _settings(config, data_dir)
+        pki = FleetPKI.open(_pki_dir(s))
+        serials = pki.revoke(device_id)
+        files = SecureBrokerFiles.in_dir(_broker_dir(s))
+        reloaded = apply_revocation(pki, files)
+        what = f"{len(serials)} certificate(s) revoked" if serials else "already revoked"
+        where = "broker reloaded" if reloaded else "no running secure broker; takes effect when it starts"
+        typer.echo(f"{device_id}: {what}; CRL {pki.crl_path} regenerated; {where}")
+
+
+@keys_app.command("add")
+def keys_add(
+    public_key: Path = typer.Argument(..., help="A PEM ed25519 public key (e.g. signing.pub)."),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Trust another bundle-signing key (several may be trusted at once during a rotation)."""
+    with _errors():
+        key = _keyring(_settings(config, data_dir)).add(public_key)
+        typer.echo(f"trusted key {key.id}")
+
+
+@keys_app.command("retire")
+def keys_retire(
+    key_id: str = typer.Argument(..., help="Id of the trusted key to retire (see `signing-keys list`)."),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Retire a key: bundles it signed are refused from now on (re-provision devices to propagate)."""
+    with _errors():
+        key = _keyring(_settings(config, data_dir)).retire(key_id)
+        typer.echo(f"retired key {key.id}")
+
+
+@keys_app.command("list")
+def keys_list(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -> None:
+    """List trusted and retired bundle-signing keys."""
+    with _errors():
+        ring = _keyring(_settings(config, data_dir))
+        for k in ring.trusted():
+            typer.echo(f"trusted {k.id}")
+        for kid in sorted(ring.retired_ids()):
+            typer.echo(f"retired {kid}")
