@@ -27,10 +27,18 @@ def sqlite_db(tmp_path):
     db.dispose()
 
 
-@pytest.fixture(params=["sqlite"])
-def web_db(request, sqlite_db):
-    """The database the auth and audit tests run on (SQLite; PostgreSQL when its fixture is available)."""
-    return sqlite_db
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def web_db(request, tmp_path):
+    """The database the auth, audit and analytics tests run on: SQLite, and a real PostgreSQL server
+    (``postgres_url`` from ``tests/fleet/conftest.py``; skipped, naming what is missing, without one)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    db = Database(url)
+    _create_schema(db)
+    yield db
+    db.dispose()
 
 
 class RecordingPublisher:

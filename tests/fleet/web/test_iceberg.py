@@ -44,16 +44,16 @@ def watermark(db, name):
         return s.get(SyncWatermark, name).last_id
 
 
-def test_sync_restart_sync_no_duplicates(sqlite_db, tmp_path):
-    ingest(sqlite_db, "cam-1", range(0, 30))
-    ingest(sqlite_db, "cam-2", range(0, 25))
-    first = IcebergSync(sqlite_db, settings(batch_size=20), tmp_path)
+def test_sync_restart_sync_no_duplicates(web_db, tmp_path):
+    ingest(web_db, "cam-1", range(0, 30))
+    ingest(web_db, "cam-2", range(0, 25))
+    first = IcebergSync(web_db, settings(batch_size=20), tmp_path)
     r = first.sync()
     assert r.rows == {"telemetry": 55, "events": 55}
     assert first.sync().total == 0  # nothing new: nothing appended
 
-    ingest(sqlite_db, "cam-1", range(30, 42))
-    restarted = IcebergSync(sqlite_db, settings(batch_size=20), tmp_path)  # a new process, same stores
+    ingest(web_db, "cam-1", range(30, 42))
+    restarted = IcebergSync(web_db, settings(batch_size=20), tmp_path)  # a new process, same stores
     assert restarted.sync().rows == {"telemetry": 12, "events": 12}
 
     tele = read_back(tmp_path)
@@ -67,12 +67,12 @@ def test_sync_restart_sync_no_duplicates(sqlite_db, tmp_path):
                                  if t.name == "telemetry"))
     marks = [int(s.summary.additional_properties[HIGH_WATER]) for s in table.metadata.snapshots]
     assert len(marks) == 4 and marks == sorted(marks)
-    assert watermark(sqlite_db, "telemetry") == max(tele["id"].to_pylist())
+    assert watermark(web_db, "telemetry") == max(tele["id"].to_pylist())
 
 
-def test_crash_between_commit_and_watermark_is_not_duplicated(sqlite_db, tmp_path):
-    ingest(sqlite_db, "cam-1", range(0, 10))
-    crashing = IcebergSync(sqlite_db, settings(), tmp_path)
+def test_crash_between_commit_and_watermark_is_not_duplicated(web_db, tmp_path):
+    ingest(web_db, "cam-1", range(0, 10))
+    crashing = IcebergSync(web_db, settings(), tmp_path)
 
     def crash(table, high):
         raise KeyboardInterrupt(f"killed after committing {table} up to {high}")
@@ -80,11 +80,11 @@ def test_crash_between_commit_and_watermark_is_not_duplicated(sqlite_db, tmp_pat
     crashing.after_commit = crash
     with pytest.raises(KeyboardInterrupt):
         crashing.sync()
-    with sqlite_db.session() as s:
+    with web_db.session() as s:
         assert s.get(SyncWatermark, "telemetry") is None  # the watermark never got written
 
-    ingest(sqlite_db, "cam-1", range(10, 15))
-    recovered = IcebergSync(sqlite_db, settings(), tmp_path)
+    ingest(web_db, "cam-1", range(10, 15))
+    recovered = IcebergSync(web_db, settings(), tmp_path)
     r = recovered.sync()
     assert r.recovered["telemetry"] == 10
     assert r.rows["telemetry"] == 5
@@ -92,10 +92,10 @@ def test_crash_between_commit_and_watermark_is_not_duplicated(sqlite_db, tmp_pat
     assert sorted(tele["seq"].to_pylist()) == list(range(15))
 
 
-def test_partitioned_by_day(sqlite_db, tmp_path):
+def test_partitioned_by_day(web_db, tmp_path):
     # 22:00 on the 20th, every 30 min: 8 rows span the 20th and the 21st
-    ingest(sqlite_db, "cam-1", range(8))
-    syncer = IcebergSync(sqlite_db, settings(), tmp_path)
+    ingest(web_db, "cam-1", range(8))
+    syncer = IcebergSync(web_db, settings(), tmp_path)
     syncer.sync()
     table = load_catalog("edgekit", **settings().catalog_properties(tmp_path)).load_table("edgekit.telemetry")
     assert [f.name for f in table.spec().fields] == ["ts_day"]
@@ -107,22 +107,22 @@ def test_partitioned_by_day(sqlite_db, tmp_path):
     assert day2.num_rows == 4
 
 
-def test_unsettled_rows_wait(sqlite_db, tmp_path):
+def test_unsettled_rows_wait(web_db, tmp_path):
     now = datetime.now(timezone.utc)
-    ingest(sqlite_db, "cam-1", range(3), start=now - timedelta(hours=1), received=now - timedelta(hours=1))
-    ingest(sqlite_db, "cam-1", range(3, 5), start=now, received=now)
-    syncer = IcebergSync(sqlite_db, AnalyticsSettings(settle_s=60), tmp_path)
+    ingest(web_db, "cam-1", range(3), start=now - timedelta(hours=1), received=now - timedelta(hours=1))
+    ingest(web_db, "cam-1", range(3, 5), start=now, received=now)
+    syncer = IcebergSync(web_db, AnalyticsSettings(settle_s=60), tmp_path)
     assert syncer.sync().rows["telemetry"] == 3
 
 
-def test_sync_once_with_a_context(sqlite_db, tmp_path):
-    ingest(sqlite_db, "cam-9", range(4))
-    ctx = SimpleNamespace(database=sqlite_db, settings=SimpleNamespace(data_dir=tmp_path))
+def test_sync_once_with_a_context(web_db, tmp_path):
+    ingest(web_db, "cam-9", range(4))
+    ctx = SimpleNamespace(database=web_db, settings=SimpleNamespace(data_dir=tmp_path))
     assert sync_once(ctx, settings()) == 8  # 4 telemetry + 4 events
     assert sync_once(ctx, settings()) == 0
 
 
-def test_bad_catalog_config_is_a_config_error(sqlite_db, tmp_path):
-    syncer = IcebergSync(sqlite_db, settings(catalog={"type": "no-such-catalog"}), tmp_path)
+def test_bad_catalog_config_is_a_config_error(web_db, tmp_path):
+    syncer = IcebergSync(web_db, settings(catalog={"type": "no-such-catalog"}), tmp_path)
     with pytest.raises(ConfigError, match="cannot open Iceberg catalog"):
         syncer.sync()
