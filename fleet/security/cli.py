@@ -69,6 +69,7 @@ def ca_init(
         [], "--hostname", help="Extra broker host name / IP for its certificate (repeatable)."
     ),
     broker_port: int = typer.Option(8883, "--broker-port", min=1, max=65535, help="TLS port of the secure broker."),
+    broker_bind: str = typer.Option("0.0.0.0", "--broker-bind", help="Interface the secure broker listens on."),
     force: bool = typer.Option(False, "--force", help="Replace an existing CA (every issued certificate dies)."),
     config: Path | None = ConfigOpt,
     data_dir: Path | None = DataDirOpt,
@@ -79,7 +80,7 @@ def ca_init(
         public_host = urlsplit(s.public_url or "").hostname
         names = list(hostname) + ([public_host] if public_host and public_host not in hostname else [])
         pki = FleetPKI.init(_pki_dir(s), server_hostnames=names, overwrite=force)
-        files = write_secure_broker(pki, _broker_dir(s), port=broker_port)
+        files = write_secure_broker(pki, _broker_dir(s), port=broker_port, bind=broker_bind)
         typer.echo(f"fleet CA created in {pki.root} (private key {pki.ca_key_path}, mode 0600)")
         typer.echo(f"broker certificate for 127.0.0.1, localhost{''.join(', ' + n for n in names)}")
         typer.echo(f"fleet identity {pki.fleet_cert_path}; secure broker config {files.conf}")

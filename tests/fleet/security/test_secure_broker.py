@@ -226,3 +226,43 @@ def test_renewed_server_certificate_is_served_after_reload(secure_broker, pki, t
     while served_serial() != renewed.serial_number:
         assert time.monotonic() < deadline, "renewed server certificate not served after SIGHUP"
         time.sleep(0.1)
+
+
+def test_fleet_clients_connect_with_apply_fleet_tls(secure_broker, pki, tmp_path):
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from fleet.security.client_tls import apply_fleet_tls
+
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="edgekit-fleet-ingest-x")
+    apply_fleet_tls(client, pki)
+    got: list[bytes] = []
+    subscribed, received = threading.Event(), threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("$share/edgekit-fleet/edgekit/v1/+/events", qos=1)
+    client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+    client.on_message = lambda c, u, m: (got.append(m.payload), received.set())
+    client.connect("localhost", secure_broker.port)  # host name checked against the broker certificate
+    client.loop_start()
+    try:
+        assert subscribed.wait(3)
+        dev = connect(secure_broker, _device(pki, "cam-f", tmp_path), "cam-f")
+        assert dev.publish("edgekit/v1/cam-f/events", b"evt") in ACCEPTED
+        assert received.wait(3) and got == [b"evt"]
+        dev.close()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_apply_fleet_tls_without_identity_files_is_a_config_error(pki):
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edgekit.errors import ConfigError
+    from fleet.security.client_tls import apply_fleet_tls
+
+    pki.fleet_key_path.unlink()
+    with pytest.raises(ConfigError, match="fleet ca init"):
+        apply_fleet_tls(mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2), pki)
