@@ -153,19 +153,22 @@ def desired_for(device_id: str, bundle: Path, url: str, *, rollout_id: str = "r1
 class MqttRecorder:
     """Subscribes to a device's topics on a real broker and records every message in arrival order."""
 
-    def __init__(self, broker, device_id: str):
+    def __init__(self, broker, device_id: str, *, persistent: bool = False):
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.messages: list[tuple[str, dict | None, bool]] = []
         self._lock = threading.Lock()
         self.device_id = device_id
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"rec-{device_id}-{time.monotonic_ns()}")
+        # persistent: a durable session (broker-side queue) so nothing is missed across broker restarts
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"rec-{device_id}-{time.monotonic_ns()}",
+                                  clean_session=not persistent)
         self.client.on_message = self._on_message
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(f"edgekit/v1/{device_id}/#", qos=1)
+        self.client.reconnect_delay_set(1, 1)
         self.client.connect(broker.host, broker.port)
-        self.client.subscribe(f"edgekit/v1/{device_id}/#", qos=1)
         self.client.loop_start()
         self._subscribed.wait(5)
 
@@ -181,6 +184,11 @@ class MqttRecorder:
         with self._lock:
             return [m for k, m, _ in self.messages if k == kind and m is not None]
 
+    def seqs(self) -> list[int]:
+        """``seq`` of telemetry and events in arrival order (one per-device counter covers both)."""
+        with self._lock:
+            return [m["seq"] for k, m, _ in self.messages if k in ("telemetry", "events") and m is not None]
+
     def events(self, kind: str | None = None) -> list[dict]:
         return [e for e in self.of("events") if kind is None or e["kind"] == kind]
 
@@ -190,6 +198,21 @@ class MqttRecorder:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@pytest.fixture
+def durable_broker(tmp_path):
+    """A mosquitto that keeps sessions across restarts (persistence on), for outage tests."""
+    from servers import MOSQUITTO, MosquittoServer
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto binary not installed (apt-get install mosquitto)")
+    d = tmp_path / "durable-mosquitto"
+    d.mkdir()
+    broker = MosquittoServer(d, extra_config=f"persistence true\npersistence_location {d}/\n")
+    broker.start()
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture
