@@ -1,6 +1,14 @@
 """Analytics sync: the fleet's telemetry and events, appended in batches to Apache Iceberg tables."""
 
-from fleet.analytics.iceberg import IcebergSync, SyncResult, run_sync_loop, sync_once
-from fleet.analytics.settings import AnalyticsSettings
+from fleet.analytics.iceberg import BackgroundSync, IcebergSync, SyncResult, run_sync_loop, sync_once
+from fleet.analytics.settings import AnalyticsSettings, load_analytics_settings
 
-__all__ = ["AnalyticsSettings", "IcebergSync", "SyncResult", "run_sync_loop", "sync_once"]
+__all__ = [
+    "AnalyticsSettings",
+    "BackgroundSync",
+    "IcebergSync",
+    "SyncResult",
+    "load_analytics_settings",
+    "run_sync_loop",
+    "sync_once",
+]

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from fleet.context import FleetContext
     from fleet.db.base import Database
 
-__all__ = ["HIGH_WATER", "TABLES", "IcebergSync", "SyncResult", "run_sync_loop", "sync_once"]
+__all__ = ["HIGH_WATER", "TABLES", "BackgroundSync", "IcebergSync", "SyncResult", "run_sync_loop", "sync_once"]
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,51 @@ def sync_once(ctx: FleetContext, settings: AnalyticsSettings | None = None, *,
     """Sync the fleet of ``ctx`` once; returns the number of rows written (telemetry + events)."""
     syncer = syncer or IcebergSync(ctx.database, settings or AnalyticsSettings(), ctx.settings.data_dir)
     return syncer.sync().total
+
+
+class BackgroundSync:
+    """The sync loop in a daemon thread: ``start()``, then ``stop()`` (which runs one last sync).
+
+    Wiring into a service is two lines::
+
+        sync = BackgroundSync.for_context(ctx).start()   # at start-up
+        sync.stop()                                      # at shutdown
+    """
+
+    def __init__(self, syncer: IcebergSync):
+        self.syncer = syncer
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_context(cls, ctx: FleetContext, settings: AnalyticsSettings | None = None) -> BackgroundSync:
+        """A loop over ``ctx``'s database, configured from ``EDGEKIT_ANALYTICS_*`` unless ``settings`` given."""
+        from fleet.analytics.settings import load_analytics_settings
+
+        return cls(IcebergSync(ctx.database, settings or load_analytics_settings(), ctx.settings.data_dir))
+
+    def start(self) -> BackgroundSync:
+        if not self.syncer.settings.enabled:
+            log.info("analytics sync disabled (EDGEKIT_ANALYTICS_ENABLED=false)")
+            return self
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=run_sync_loop, args=(self.syncer, self._stop),
+                                            name="fleet-analytics-sync", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0, *, final_sync: bool = True) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout)
+        self._thread = None
+        if final_sync:
+            try:
+                self.syncer.sync()
+            except Exception:  # shutting down: log, the watermark makes the next start pick it up
+                log.exception("analytics: final sync at shutdown failed; the next start resumes from the watermark")
 
 
 def run_sync_loop(syncer: IcebergSync, stop: threading.Event) -> None:
