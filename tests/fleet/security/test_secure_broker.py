@@ -22,6 +22,23 @@ NOT_AUTHORISED = 135
 ACCEPTED = {0, 16}  # v5 PUBACK: success, or success with no matching subscribers
 
 
+NO_CERT = "peer did not return a certificate"
+VERIFY_FAILED = "certificate verify failed"
+
+
+def _refused_by_tls(broker, ident: Identity, client_id: str, reason: str) -> None:
+    """Connect must fail, and the broker's log must name ``reason`` for it (not a timeout or ACL)."""
+    before = broker.log_text().count(reason)
+    result = connect(broker, ident, client_id)
+    if not isinstance(result, str):
+        result.close()
+        raise AssertionError(f"{client_id} connected; expected a TLS refusal ({reason})")
+    deadline = time.monotonic() + 3
+    while broker.log_text().count(reason) <= before:
+        assert time.monotonic() < deadline, f"broker log does not show {reason!r}: {broker.log_text()[-800:]}"
+        time.sleep(0.05)
+
+
 def _device(pki: FleetPKI, device_id: str, tmp_path, **kw) -> Identity:
     return save_identity(pki.issue_device(device_id, **kw), tmp_path / "ids" / device_id, pki.ca_cert_path)
 
@@ -106,32 +123,29 @@ def test_devices_cannot_read_other_devices_telemetry(secure_broker, pki, tmp_pat
 
 
 def test_client_without_certificate_is_refused(secure_broker, pki):
-    result = connect(secure_broker, Identity(cert=None, key=None, ca=pki.ca_cert_path), "anon")
-    assert isinstance(result, str), "a client without a certificate connected"
+    _refused_by_tls(secure_broker, Identity(cert=None, key=None, ca=pki.ca_cert_path), "anon", NO_CERT)
 
 
 def test_certificate_from_another_ca_is_refused(secure_broker, pki, tmp_path):
     rogue = FleetPKI.init(tmp_path / "rogue-pki")
     # same device id, same CN format, but signed by a CA the broker does not trust
     ident = save_identity(rogue.issue_device("cam-1"), tmp_path / "rogue", pki.ca_cert_path)
-    result = connect(secure_broker, ident, "cam-1")
-    assert isinstance(result, str), "a certificate from another CA connected"
+    _refused_by_tls(secure_broker, ident, "cam-1", VERIFY_FAILED)
     # and the rogue CA's *fleet* identity does not get the fleet's rights either
     rogue_fleet = Identity(cert=rogue.fleet_cert_path, key=rogue.fleet_key_path, ca=pki.ca_cert_path)
-    assert isinstance(connect(secure_broker, rogue_fleet, "fleet"), str)
+    _refused_by_tls(secure_broker, rogue_fleet, "fleet", VERIFY_FAILED)
 
 
 def test_expired_certificate_is_refused(secure_broker, pki, tmp_path):
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
     ident = _device(pki, "old-cam", tmp_path, valid_from=past, valid_for=dt.timedelta(days=1))
-    result = connect(secure_broker, ident, "old-cam")
-    assert isinstance(result, str), "an expired certificate connected"
+    _refused_by_tls(secure_broker, ident, "old-cam", VERIFY_FAILED)
 
 
 def test_not_yet_valid_certificate_is_refused(secure_broker, pki, tmp_path):
     future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
     ident = _device(pki, "early-cam", tmp_path, valid_from=future, valid_for=dt.timedelta(days=30))
-    assert isinstance(connect(secure_broker, ident, "early-cam"), str)
+    _refused_by_tls(secure_broker, ident, "early-cam", VERIFY_FAILED)
 
 
 def test_revoked_device_is_cut_off_without_restarting_the_broker(secure_broker, pki, fleet_session, tmp_path):
@@ -141,10 +155,16 @@ def test_revoked_device_is_cut_off_without_restarting_the_broker(secure_broker, 
     live_good = connect(secure_broker, good, "cam-good")
     assert not isinstance(live_bad, str) and not isinstance(live_good, str)
     assert live_bad.publish("edgekit/v1/cam-bad/telemetry", b"before") in ACCEPTED
+    live_bad.subscribe("edgekit/v1/cam-bad/desired")  # a subscription made while still trusted
+    live_good.subscribe("edgekit/v1/cam-good/desired")
     assert fleet_session.wait_for(lambda got: ("edgekit/v1/cam-bad/telemetry", b"before") in got)
     pid = secure_broker.pid
 
     assert pki.revoke("cam-bad")
+    # mosquitto 2.0 reads the CRL file only at start and on SIGHUP: until the reload, it still connects
+    early = connect(secure_broker, bad, "cam-bad-early")
+    assert not isinstance(early, str), "CRL picked up without a reload: revisit broker_config's docstring"
+    early.close()
     assert apply_revocation(pki, secure_broker.files) is True  # pid read from the broker's pid file
     assert secure_broker.proc.poll() is None and secure_broker.pid == pid  # same process: no restart
 
@@ -160,9 +180,13 @@ def test_revoked_device_is_cut_off_without_restarting_the_broker(secure_broker, 
     while not refused():
         assert time.monotonic() < deadline, "revoked certificate still connects after reload"
         time.sleep(0.1)
+    assert VERIFY_FAILED in secure_broker.log_text()
     # the session that was already open is cut off from every topic by the reloaded ACL
     assert live_bad.publish("edgekit/v1/cam-bad/telemetry", b"after") == NOT_AUTHORISED
-    live_bad.subscribe("edgekit/v1/cam-bad/desired")
+    assert fleet_session.publish("edgekit/v1/cam-bad/desired", b"to-revoked", retain=True) in ACCEPTED
+    assert fleet_session.publish("edgekit/v1/cam-good/desired", b"to-good", retain=True) in ACCEPTED
+    assert live_good.wait_for(lambda got: ("edgekit/v1/cam-good/desired", b"to-good") in got)
+    assert b"to-revoked" not in live_bad.payloads()  # its earlier subscription no longer delivers
     # other devices were not disconnected by the reload and keep working
     assert not live_good.disconnected.is_set()
     assert live_good.publish("edgekit/v1/cam-good/telemetry", b"still-here") in ACCEPTED
@@ -180,7 +204,7 @@ def test_revoked_device_stays_refused_after_a_broker_restart(secure_broker, pki,
     apply_revocation(pki, secure_broker.files, pid=None)
     secure_broker.stop()
     secure_broker.start()
-    assert isinstance(connect(secure_broker, bad, "cam-bad"), str)
+    _refused_by_tls(secure_broker, bad, "cam-bad", VERIFY_FAILED)
     other = connect(secure_broker, _device(pki, "cam-ok", tmp_path), "cam-ok")
     assert not isinstance(other, str), other
     other.close()
