@@ -111,6 +111,7 @@ def simulate_cmd(
     profile: str | None = typer.Option(None, "--profile", help="Profile the devices announce in their birth message."),
     max_spool: int = typer.Option(10_000, "--max-spool", min=1, help="Messages each device keeps while offline."),
     as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
+    report_file: Path | None = typer.Option(None, "--report", help="Write the full report (with every device's last seq) here."),
 ) -> None:
     """Run N simulated device agents (real MQTT topics and payloads, the OTA state machine, a fake runtime)."""
     from pydantic import ValidationError
@@ -136,6 +137,9 @@ def simulate_cmd(
                               f"{r.telemetry_sent} · acked {r.acked} · unacked {r.unacked} · OTA {r.ota_states}[/dim]")
 
     report = run_blocking(cfg, sc, duration or None, on_progress=progress)
+    if report_file is not None:
+        report_file.parent.mkdir(parents=True, exist_ok=True)
+        report_file.write_text(report.model_dump_json(indent=1) + "\n")
     if as_json:
         typer.echo(report.model_dump_json(indent=2, exclude={"last_seq"}))
         return
