@@ -70,6 +70,12 @@ def ca_init(
     ),
     broker_port: int = typer.Option(8883, "--broker-port", min=1, max=65535, help="TLS port of the secure broker."),
     broker_bind: str = typer.Option("0.0.0.0", "--broker-bind", help="Interface the secure broker listens on."),
+    fleet_port: int = typer.Option(
+        8884, "--fleet-port", min=0, max=65535,
+        help="mTLS listener for the fleet manager's own clients (device client ids are then pinned to their "
+             "certificate on --broker-port); 0: one shared listener, ids not pinned.",
+    ),
+    fleet_bind: str = typer.Option("127.0.0.1", "--fleet-bind", help="Interface of the fleet listener."),
     force: bool = typer.Option(False, "--force", help="Replace an existing CA (every issued certificate dies)."),
     config: Path | None = ConfigOpt,
     data_dir: Path | None = DataDirOpt,
@@ -80,7 +86,10 @@ def ca_init(
         public_host = urlsplit(s.public_url or "").hostname
         names = list(hostname) + ([public_host] if public_host and public_host not in hostname else [])
         pki = FleetPKI.init(_pki_dir(s), server_hostnames=names, overwrite=force)
-        files = write_secure_broker(pki, _broker_dir(s), port=broker_port, bind=broker_bind)
+        files = write_secure_broker(
+            pki, _broker_dir(s), port=broker_port, bind=broker_bind,
+            fleet_port=fleet_port or None, fleet_bind=fleet_bind,
+        )
         typer.echo(f"fleet CA created in {pki.root} (private key {pki.ca_key_path}, mode 0600)")
         typer.echo(f"broker certificate for 127.0.0.1, localhost{''.join(', ' + n for n in names)}")
         typer.echo(f"fleet identity {pki.fleet_cert_path}; secure broker config {files.conf}")

@@ -23,3 +23,13 @@ def secure_broker(pki, tmp_path):
     broker = SecureMosquitto(pki, tmp_path / "broker").start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def pinned_broker(pki, tmp_path):
+    """The secure broker with client ids pinned to identities on the device port + a fleet listener."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto binary not installed (apt-get install mosquitto); .ci/run installs it")
+    broker = SecureMosquitto(pki, tmp_path / "broker", fleet_listener=True).start()
+    yield broker
+    broker.stop()

@@ -290,3 +290,44 @@ def test_apply_fleet_tls_without_identity_files_is_a_config_error(pki):
     pki.fleet_key_path.unlink()
     with pytest.raises(ConfigError, match="fleet ca init"):
         apply_fleet_tls(mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2), pki)
+
+
+def test_pinned_client_ids_stop_a_device_from_kicking_another_offline(pinned_broker, pki, tmp_path):
+    from types import SimpleNamespace
+
+    victim = connect(pinned_broker, _device(pki, "cam-v", tmp_path), "cam-v")
+    assert not isinstance(victim, str), victim
+    # a device with a valid certificate of its own claims the victim's client id
+    attacker = connect(pinned_broker, _device(pki, "cam-evil", tmp_path), "cam-v")
+    assert not isinstance(attacker, str), attacker
+    assert not victim.disconnected.wait(0.5), "the victim was disconnected by a client-id takeover"
+    assert victim.publish("edgekit/v1/cam-v/telemetry", b"alive") in ACCEPTED
+    # the fleet's clients share one identity: on their own listener their distinct ids coexist
+    fleet_ep = SimpleNamespace(host="127.0.0.1", port=pinned_broker.fleet_port)
+    f1 = connect(fleet_ep, _fleet(pki), "edgekit-fleet-ingest")
+    f2 = connect(fleet_ep, _fleet(pki), "edgekit-fleet-desired")
+    assert not isinstance(f1, str) and not isinstance(f2, str)
+    f1.subscribe("edgekit/v1/+/telemetry")
+    assert victim.publish("edgekit/v1/cam-v/telemetry", b"seen") in ACCEPTED
+    assert f1.wait_for(lambda got: ("edgekit/v1/cam-v/telemetry", b"seen") in got)
+    assert not f1.disconnected.is_set() and not f2.disconnected.is_set()
+    for s in (victim, attacker, f1, f2):
+        s.close()
+
+
+def test_without_pinning_a_client_id_takeover_disconnects_the_victim(secure_broker, pki, tmp_path):
+    """Why the fleet listener exists: on a single shared listener, ids are not tied to identities."""
+    victim = connect(secure_broker, _device(pki, "cam-v", tmp_path), "cam-v")
+    attacker = connect(secure_broker, _device(pki, "cam-evil", tmp_path), "cam-v")
+    assert not isinstance(victim, str) and not isinstance(attacker, str)
+    assert victim.disconnected.wait(2)
+    attacker.close()
+    victim.client.loop_stop()
+
+
+def test_fleet_listener_needs_its_own_port(pki, tmp_path):
+    from edgekit.errors import ConfigError
+    from fleet.security.broker_config import write_secure_broker
+
+    with pytest.raises(ConfigError, match="port of its own"):
+        write_secure_broker(pki, tmp_path / "b", port=8883, fleet_port=8883)

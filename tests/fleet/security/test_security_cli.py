@@ -101,8 +101,8 @@ def test_cli_revoke_reloads_the_running_broker(data_dir, tmp_path):
     if MOSQUITTO is None:
         pytest.skip("mosquitto binary not installed (apt-get install mosquitto)")
     _, pub = generate_keypair(tmp_path / "sig")
-    port = free_port()
-    assert _run("ca", "init", "--data-dir", str(data_dir), "--broker-port", str(port),
+    port, fleet_port = free_port(), free_port()
+    assert _run("ca", "init", "--data-dir", str(data_dir), "--broker-port", str(port), "--fleet-port", str(fleet_port),
                 "--broker-bind", "127.0.0.1").exit_code == 0
     out = tmp_path / "cam-live"
     assert _run("provision", "cam-live", "--out", str(out), "--trusted-key", str(pub),
@@ -128,9 +128,9 @@ def test_cli_revoke_reloads_the_running_broker(data_dir, tmp_path):
             assert time.monotonic() < deadline, "revoked device still connects after `revoke`"
             time.sleep(0.1)
         assert proc.poll() is None  # reloaded, not restarted
-        # the fleet identity still connects after the reload
+        # the fleet identity still connects (on its own listener) after the reload
         pki = FleetPKI.open(data_dir / "pki")
-        fleet = connect(broker, Identity(pki.fleet_cert_path, pki.fleet_key_path, pki.ca_cert_path), "fleet-x")
+        fleet = connect(SimpleNamespace(host="127.0.0.1", port=fleet_port), Identity(pki.fleet_cert_path, pki.fleet_key_path, pki.ca_cert_path), "fleet-x")
         assert not isinstance(fleet, str), fleet
         fleet.close()
     finally:

@@ -23,13 +23,15 @@ __all__ = ["MOSQUITTO", "Identity", "SecureMosquitto", "Session", "connect", "sa
 class SecureMosquitto:
     """mosquitto running the generated secure config on a free loopback port."""
 
-    def __init__(self, pki: FleetPKI, workdir: Path):
+    def __init__(self, pki: FleetPKI, workdir: Path, *, fleet_listener: bool = False):
         self.pki = pki
         self.port = free_port()
+        #: the fleet's own loopback listener (client ids kept), when the device port pins client ids
+        self.fleet_port = free_port() if fleet_listener else None
         self.host = "127.0.0.1"
         self.log = workdir / "mosquitto.log"
         self.files: SecureBrokerFiles = write_secure_broker(
-            pki, workdir, port=self.port, bind="127.0.0.1", log_dest=f"file {self.log}"
+            pki, workdir, port=self.port, bind="127.0.0.1", fleet_port=self.fleet_port, log_dest=f"file {self.log}"
         )
         self.proc: subprocess.Popen | None = None
 
