@@ -166,11 +166,17 @@ class IcebergSync:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            try:
-                self._catalog = load_catalog(self.settings.catalog_name, **self.properties)
-            except Exception as exc:  # pyiceberg raises many types for a bad catalog config
-                raise ConfigError(f"cannot open Iceberg catalog {self.settings.catalog_name!r} "
-                                  f"({self.properties.get('type', '?')}): {exc}") from exc
+            for attempt in (1, 2):
+                try:
+                    self._catalog = load_catalog(self.settings.catalog_name, **self.properties)
+                    break
+                except Exception as exc:  # pyiceberg raises many types for a bad catalog config
+                    # a SQL catalog creates its tables on first open; a second process opening it at the
+                    # same moment loses that race once ("table ... already exists"): open it again
+                    if attempt == 1 and "already exists" in str(exc):
+                        continue
+                    raise ConfigError(f"cannot open Iceberg catalog {self.settings.catalog_name!r} "
+                                      f"({self.properties.get('type', '?')}): {exc}") from exc
         return self._catalog
 
     def identifier(self, table: str) -> str:

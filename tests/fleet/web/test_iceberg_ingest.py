@@ -10,12 +10,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pyiceberg.catalog import load_catalog
-from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from sqlalchemy import func, select
 
 from edgekit import wire
 from fleet.analytics import AnalyticsSettings, BackgroundSync, IcebergSync
 from fleet.db.models import Event, Telemetry
+from fleet.db.web_models import SyncWatermark
 from fleet.ingest import Ingest
 from fleet.settings import FleetSettings
 
@@ -69,8 +69,10 @@ def test_ingested_telemetry_lands_in_iceberg_exactly_once(mosquitto, sqlite_db, 
 
             loop = BackgroundSync(IcebergSync(sqlite_db, analytics, tmp_path)).start()
             deadline = time.monotonic() + 30
-            while _synced(tmp_path) < len(DEVICES) * 20 and time.monotonic() < deadline:
+            while _watermark(sqlite_db) < _max_id(sqlite_db) and time.monotonic() < deadline:
                 time.sleep(0.1)
+            assert _watermark(sqlite_db) == _max_id(sqlite_db), "the background sync did not catch up"
+            assert _table(tmp_path).scan().to_arrow().num_rows == len(DEVICES) * 20
             loop.stop()  # "restart": the loop and its catalog handle go away
 
             sent2 = publish(dev, list(range(20, 27)))
@@ -100,8 +102,12 @@ def _table(tmp_path, name="telemetry"):
     return load_catalog("edgekit", **props).load_table(f"edgekit.{name}")
 
 
-def _synced(tmp_path) -> int:
-    try:
-        return _table(tmp_path).scan().to_arrow().num_rows
-    except (NoSuchTableError, NoSuchNamespaceError):  # the loop has not created it yet
-        return 0
+def _watermark(db) -> int:
+    with db.session() as s:
+        row = s.get(SyncWatermark, "telemetry")
+        return row.last_id if row is not None else 0
+
+
+def _max_id(db) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.max(Telemetry.id))) or 0
