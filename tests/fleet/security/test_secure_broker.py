@@ -8,6 +8,7 @@ and each negative check is paired with a positive control sent afterwards on the
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 
 import pytest
@@ -331,3 +332,43 @@ def test_fleet_listener_needs_its_own_port(pki, tmp_path):
 
     with pytest.raises(ConfigError, match="port of its own"):
         write_secure_broker(pki, tmp_path / "b", port=8883, fleet_port=8883)
+
+
+def _die_with_will(broker, ident: Identity, client_id: str, will_topic: str, will: bytes) -> None:
+    """Connect with a last will, then drop the TCP link without DISCONNECT so the broker fires the will."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=str(ident.ca), certfile=str(ident.cert), keyfile=str(ident.key))
+    c.will_set(will_topic, will, qos=1, retain=False)
+    connected = threading.Event()
+    c.on_connect = lambda cl, u, f, rc, p: connected.set()
+    try:
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        connected.wait(3)
+    except OSError:
+        pass  # refused outright would be fine too
+    finally:
+        c.loop_stop()
+        sock = c.socket()
+        if sock:
+            sock.close()
+
+
+def test_a_device_cannot_plant_its_last_will_on_another_devices_topic(secure_broker, pki, fleet_session, tmp_path):
+    _die_with_will(secure_broker, _device(pki, "cam-w", tmp_path), "cam-w", "edgekit/v1/cam-victim/status",
+                   b"forged-will")
+    # positive control: the same kind of death on its own topic does deliver the will
+    _die_with_will(secure_broker, _device(pki, "cam-w2", tmp_path), "cam-w2", "edgekit/v1/cam-w2/status",
+                   b"own-will")
+    assert fleet_session.wait_for(lambda got: ("edgekit/v1/cam-w2/status", b"own-will") in got, timeout=3)
+    assert b"forged-will" not in fleet_session.payloads()
+
+
+def test_devices_get_nothing_from_sys_topics(secure_broker, pki, tmp_path):
+    dev = connect(secure_broker, _device(pki, "cam-sys", tmp_path), "cam-sys")
+    dev.subscribe("$SYS/#")
+    assert not dev.wait_for(lambda got: bool(got), timeout=0.5)
+    dev.close()
