@@ -41,8 +41,9 @@ def write_config(path: Path, *, state: Path, port: int, broker_url: str, device_
 
 
 def start(config: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([*AGENT_CMD, "--config", str(config)], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with open(log, "ab") as fh:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([*AGENT_CMD, "--config", str(config)], stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def served_version(port: int) -> str | None:
