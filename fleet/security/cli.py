@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import typer
 from rich.console import Console
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import ConfigError, EdgekitError
 from fleet.security.broker_config import SecureBrokerFiles, apply_revocation, write_secure_broker
 from fleet.security.keyring import BundleKeyring
 from fleet.security.pki import FleetPKI
@@ -111,6 +111,9 @@ def provision_cmd(
     install_dir: Path | None = typer.Option(
         None, "--install-dir", help="Where the folder will live on the device (paths in agent.yaml)."
     ),
+    csr: Path | None = typer.Option(
+        None, "--csr", help="PEM CSR made on the device: certify its key instead of generating one here."
+    ),
     config: Path | None = ConfigOpt,
     data_dir: Path | None = DataDirOpt,
 ) -> None:
@@ -125,15 +128,22 @@ def provision_cmd(
         if not keys:
             ring = _keyring(s)
             keys = [ring.trusted_dir] if ring.trusted() else list(s.trusted_keys)
+        csr_pem = None
+        if csr is not None:
+            try:
+                csr_pem = csr.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cannot read CSR {csr}: {exc}") from exc
         result = provision(
             pki, device_id, out_dir=out, broker_url=broker_url, fleet_url=fleet_url or s.public_url,
             trusted_keys=keys, profile=profile, tags=[t for t in tags.split(",") if t.strip()],
-            renew=renew, install_dir=install_dir,
+            renew=renew, install_dir=install_dir, csr_pem=csr_pem,
         )
         verb = "renewed" if renew else "provisioned"
         typer.echo(
             f"{verb} {device_id}: certificate serial {result.identity.serial}, valid until "
-            f"{result.identity.not_after:%Y-%m-%d}; wrote {result.out_dir} (key 0600, agent.yaml)"
+            f"{result.identity.not_after:%Y-%m-%d}; wrote {result.out_dir} "
+            + ("(certificate for the device's own key, agent.yaml)" if csr_pem else "(key 0600, agent.yaml)")
         )
 
 

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -45,6 +47,7 @@ __all__ = [
     "CertRecord",
     "FleetPKI",
     "IssuedIdentity",
+    "create_csr",
     "load_certificate",
 ]
 
@@ -93,7 +96,7 @@ class IssuedIdentity:
     """A freshly issued key and certificate (PEM), with the CA certificate that signed it."""
 
     cn: str
-    key_pem: bytes
+    key_pem: bytes | None  # None when the key stayed on the device (issued from its CSR)
     cert_pem: bytes
     ca_pem: bytes
     serial: str
@@ -109,6 +112,20 @@ def load_certificate(path: Path) -> x509.Certificate:
         raise ConfigError(f"certificate {path} does not exist") from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path} is not a PEM certificate: {exc}") from exc
+
+
+def create_csr(device_id: str) -> tuple[bytes, bytes]:
+    """Device side of CSR renewal: a new P-256 key and a CSR for ``CN=device_id``; returns ``(key_pem, csr_pem)``.
+
+    Pure ``cryptography``, so the agent can call the same code; the key PEM must be written 0600.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .sign(key, hashes.SHA256())
+    )
+    return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -281,10 +298,12 @@ class FleetPKI:
         valid_for: dt.timedelta,
         valid_from: dt.datetime | None = None,
         hostnames: list[str] | tuple[str, ...] = (),
+        public_key: CertificatePublicKeyTypes | None = None,
     ) -> IssuedIdentity:
         if valid_for <= dt.timedelta(0):
             raise ConfigError(f"certificate validity must be positive, not {valid_for}")
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = ec.generate_private_key(ec.SECP256R1()) if public_key is None else None
+        subject_key = public_key if public_key is not None else key.public_key()
         start = valid_from if valid_from is not None else _now() - _CLOCK_SKEW
         end = start + valid_for
         ca_end = self.ca_cert.not_valid_after_utc
@@ -299,7 +318,7 @@ class FleetPKI:
                 x509.NameAttribute(NameOID.COMMON_NAME, cn),
             ]))
             .issuer_name(self.ca_cert.subject)
-            .public_key(key.public_key())
+            .public_key(subject_key)
             .serial_number(serial)
             .not_valid_before(start)
             .not_valid_after(end)
@@ -313,7 +332,7 @@ class FleetPKI:
                 critical=True,
             )
             .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca_key.public_key()), critical=False
             )
@@ -331,7 +350,8 @@ class FleetPKI:
             write_public(self.root / "issued" / f"{record.serial}.pem", _cert_pem(cert))
             self._save_index(index)
         return IssuedIdentity(
-            cn=cn, key_pem=_key_pem(key), cert_pem=_cert_pem(cert), ca_pem=_cert_pem(self.ca_cert),
+            cn=cn, key_pem=_key_pem(key) if key is not None else None, cert_pem=_cert_pem(cert),
+            ca_pem=_cert_pem(self.ca_cert),
             serial=record.serial, not_before=record.not_before, not_after=record.not_after,
         )
 
@@ -349,6 +369,50 @@ class FleetPKI:
         get a second identity); with ``renew`` the new certificate overlaps the old one, which stays
         valid until it expires. A revoked device id is refused either way.
         """
+        self._check_may_issue(device_id, renew)
+        return self._issue(device_id, "device", valid_for=valid_for, valid_from=valid_from)
+
+    def sign_device_csr(
+        self,
+        device_id: str,
+        csr_pem: bytes,
+        *,
+        renew: bool = True,
+        valid_for: dt.timedelta = dt.timedelta(days=365),
+    ) -> IssuedIdentity:
+        """Issue a certificate for a key that never leaves the device, from its PEM CSR.
+
+        The CSR must be self-signed (proof that the requester holds the key), name exactly
+        ``CN=device_id`` and carry an EC P-256/P-384 or RSA >= 2048 key. Same renewal and revocation
+        rules as :meth:`issue_device`; ``renew`` defaults to True because this is the renewal path.
+        """
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"not a PEM certificate signing request: {exc}") from exc
+        try:
+            signed_by_holder = csr.is_signature_valid
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            signed_by_holder = False
+        if not signed_by_holder:
+            raise ConfigError("the CSR's signature does not verify (the requester does not hold the key)")
+        cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if len(cns) != 1 or cns[0].value != device_id:
+            got = ", ".join(str(c.value) for c in cns) or "none"
+            raise ConfigError(f"the CSR names CN {got!r}; it must be exactly the device id {device_id!r}")
+        key = csr.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            if key.curve.name not in ("secp256r1", "secp384r1"):
+                raise ConfigError(f"EC curve {key.curve.name} is not accepted (use P-256 or P-384)")
+        elif isinstance(key, rsa.RSAPublicKey):
+            if key.key_size < 2048:
+                raise ConfigError(f"RSA key of {key.key_size} bits is too small (>= 2048)")
+        else:
+            raise ConfigError(f"{type(key).__name__} keys are not accepted for device certificates")
+        self._check_may_issue(device_id, renew)
+        return self._issue(device_id, "device", valid_for=valid_for, public_key=key)
+
+    def _check_may_issue(self, device_id: str, renew: bool) -> None:
         if not valid_device_id(device_id):
             raise ConfigError(
                 f"invalid device id {device_id!r} (letters, digits, '.', '_', '-'; 1-128 chars, no '/', '+', '#')"
@@ -364,7 +428,6 @@ class FleetPKI:
             )
         if renew and not current:
             raise ConfigError(f"device {device_id!r} has no valid certificate to renew; provision it without --renew")
-        return self._issue(device_id, "device", valid_for=valid_for, valid_from=valid_from)
 
     def issue_fleet_identity(self, *, valid_for: dt.timedelta = dt.timedelta(days=365)) -> IssuedIdentity:
         """(Re-)issue the fleet manager's client identity into ``fleet.key``/``fleet.crt``."""

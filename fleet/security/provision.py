@@ -11,7 +11,8 @@
 The YAML names the files by the path they will have on the device (``install_dir``, default
 ``out_dir`` itself), because the agent reads ``mqtt.ca_file``/``client_cert``/``client_key`` as given.
 
-``renew=True`` issues a new key + certificate while the old certificate stays valid until it expires,
+With a CSR from the device, its key is made on the device and never travels; only the certificate
+does (``--csr``). ``renew=True`` issues a new key + certificate while the old certificate stays valid until it expires,
 and rewrites ``device.key``/``device.crt`` atomically (a reader sees the old or the new file, never
 half) — deliver the folder over the device's own channel; the agent uses the new pair on its next
 (re)connect and the old one keeps working until then.
@@ -43,7 +44,7 @@ class ProvisionResult:
 
     device_id: str
     out_dir: Path
-    key: Path
+    key: Path  # not written when the certificate was issued from the device's CSR
     cert: Path
     ca: Path
     trusted_keys: Path
@@ -119,11 +120,14 @@ def provision(
     tags: Sequence[str] = (),
     renew: bool = False,
     install_dir: Path | None = None,
+    csr_pem: bytes | None = None,
 ) -> ProvisionResult:
     """Issue ``device_id``'s identity and write the device folder (see the module docstring).
 
     Refuses (ConfigError) an mqtt:// broker URL (devices only talk mTLS), an unknown profile, no trusted
     bundle key, and an ``out_dir`` that already holds a device key unless ``renew`` is set.
+    With ``csr_pem`` (the device made its own key and a CSR) no key is written: the certificate is
+    issued for the CSR's key, which never leaves the device.
     """
     broker_url = _check_url(broker_url, ("mqtts",), "broker URL")
     if fleet_url is not None:
@@ -136,7 +140,7 @@ def provision(
         raise ConfigError("no trusted bundle-signing public key given: the device could not verify any bundle")
     out_dir = Path(out_dir)
     key_path, cert_path = out_dir / "device.key", out_dir / "device.crt"
-    if key_path.exists() and not renew:
+    if key_path.exists() and not renew and csr_pem is None:
         raise ConfigError(f"{key_path} already exists; use --renew to replace the device's key and certificate")
     if renew and (out_dir / "agent.yaml").exists():
         try:
@@ -147,8 +151,12 @@ def provision(
         if existing_id not in (None, device_id):
             raise ConfigError(f"{out_dir} belongs to device {existing_id!r}, not {device_id!r}")
 
-    issued = pki.issue_device(device_id, renew=renew)
-    write_private(key_path, issued.key_pem)
+    if csr_pem is not None:
+        issued = pki.sign_device_csr(device_id, csr_pem, renew=renew)
+    else:
+        issued = pki.issue_device(device_id, renew=renew)
+    if issued.key_pem is not None:
+        write_private(key_path, issued.key_pem)
     write_public(cert_path, issued.cert_pem)
     ca_path = write_public(out_dir / "ca.crt", issued.ca_pem)
     keys_dir = out_dir / "trusted-keys"

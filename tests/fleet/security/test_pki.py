@@ -141,3 +141,71 @@ def test_acl_confines_devices_to_their_own_topics():
     assert "topic readwrite edgekit/v1/+/desired" in fleet_section
     with pytest.raises(ConfigError):
         render_acl(["bad/id"])
+
+
+def _csr(cn: str, key) -> bytes:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    ).sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def test_csr_renewal_certifies_the_devices_own_key(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    from fleet.security.pki import create_csr
+
+    pki = FleetPKI.init(tmp_path / "pki")
+    pki.issue_device("cam-1")
+    key_pem, csr_pem = create_csr("cam-1")
+    issued = pki.sign_device_csr("cam-1", csr_pem)
+    assert issued.key_pem is None  # the private key never reached the CA
+    cert = _cert(issued.cert_pem)
+    device_key = serialization.load_pem_private_key(key_pem, password=None)
+    assert cert.public_key() == device_key.public_key()
+    cert.verify_directly_issued_by(pki.ca_cert)
+    assert len(pki.active("cam-1")) == 2
+
+
+def test_bad_csrs_are_refused(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    from fleet.security.pki import create_csr
+
+    pki = FleetPKI.init(tmp_path / "pki")
+    pki.issue_device("cam-1")
+    with pytest.raises(ConfigError, match="not a PEM certificate signing request"):
+        pki.sign_device_csr("cam-1", b"garbage")
+    with pytest.raises(ConfigError, match="must be exactly the device id"):
+        pki.sign_device_csr("cam-1", create_csr("cam-2")[1])  # asks for someone else's identity
+    with pytest.raises(ConfigError, match="P-256 or P-384"):
+        pki.sign_device_csr("cam-1", _csr("cam-1", ec.generate_private_key(ec.SECP256K1())))
+    with pytest.raises(ConfigError, match="too small"):
+        pki.sign_device_csr("cam-1", _csr("cam-1", rsa.generate_private_key(65537, 1024)))
+    with pytest.raises(ConfigError, match="not accepted"):
+        pki.sign_device_csr("cam-1", _csr("cam-1", ed25519.Ed25519PrivateKey.generate()))
+    with pytest.raises(ConfigError, match="no valid certificate to renew"):
+        pki.sign_device_csr("cam-9", create_csr("cam-9")[1])
+    pki.revoke("cam-1")
+    with pytest.raises(ConfigError, match="was revoked"):
+        pki.sign_device_csr("cam-1", create_csr("cam-1")[1])
+
+
+def test_csr_with_a_forged_signature_is_refused(tmp_path):
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from fleet.security.pki import create_csr
+
+    pki = FleetPKI.init(tmp_path / "pki")
+    pki.issue_device("cam-1")
+    csr = x509.load_pem_x509_csr(create_csr("cam-1")[1])
+    der = bytearray(csr.public_bytes(Encoding.DER))
+    der[-5] ^= 0x01  # flip a bit inside the signature
+    pem = b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(bytes(der)) + b"-----END CERTIFICATE REQUEST-----\n"
+    with pytest.raises(ConfigError, match="does not verify"):
+        pki.sign_device_csr("cam-1", pem)

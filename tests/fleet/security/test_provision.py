@@ -144,3 +144,32 @@ def test_the_agents_mqtt_link_connects_with_a_provisioned_folder(secure_broker, 
     finally:
         link.stop()
         fleet.close()
+
+
+def test_provision_from_a_device_csr_writes_no_key(pki, pub, tmp_path):
+    from fleet.security.pki import create_csr
+
+    key_pem, csr_pem = create_csr("cam-csr")
+    out = tmp_path / "cam-csr"
+    r = provision(pki, "cam-csr", out_dir=out, broker_url=BROKER, trusted_keys=[pub], csr_pem=csr_pem)
+    assert not r.key.exists()
+    assert r.identity.key_pem is None and _cn(r.cert) == "cam-csr"
+
+
+@pytest.mark.integration
+def test_csr_renewed_certificate_connects_while_the_old_one_still_works(secure_broker, pki, pub, tmp_path):
+    from fleet.security.pki import create_csr
+
+    out = tmp_path / "dev"
+    first = provision(pki, "cam-r", out_dir=out, broker_url=BROKER, trusted_keys=[pub])
+    old = Identity(cert=tmp_path / "old.crt", key=tmp_path / "old.key", ca=first.ca)
+    old.cert.write_bytes(first.cert.read_bytes())
+    old.key.write_bytes(first.key.read_bytes())
+    key_pem, csr_pem = create_csr("cam-r")  # made "on the device"
+    provision(pki, "cam-r", out_dir=out, broker_url=BROKER, trusted_keys=[pub], csr_pem=csr_pem, renew=True)
+    (out / "device.key").write_bytes(key_pem)  # the device installs its own key next to the new cert
+    new = Identity(cert=out / "device.crt", key=out / "device.key", ca=first.ca)
+    for n, ident in enumerate((old, new)):
+        s = connect(secure_broker, ident, f"cam-r-{n}")
+        assert not isinstance(s, str), s
+        s.close()
