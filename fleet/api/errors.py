@@ -30,16 +30,16 @@ class NotFoundError(FleetError):
 
 def status_for(exc: EdgekitError) -> int:
     """The HTTP status of an edgekit error (most specific class first)."""
-    name = type(exc).__name__
-    if isinstance(exc, NotFoundError) or name.endswith("NotFoundError"):
+    from fleet.auth import TokenNotFoundError
+    from fleet.registry import BundleConflictError, BundleNotFoundError
+
+    if isinstance(exc, NotFoundError | BundleNotFoundError | TokenNotFoundError):
         return 404
-    if name.endswith("ConflictError"):
+    if isinstance(exc, BundleConflictError):
         return 409
-    if isinstance(exc, UntrustedKeyError | BundleVerificationError):
-        return 422
     if isinstance(exc, RolloutError):
-        return 409 if "transition" in str(exc).lower() or "cannot" in str(exc).lower() else 422
-    if isinstance(exc, ConfigError | BundleError):
+        return 409  # the rollout routes answer bad definitions (422) and unknown ids (404) themselves
+    if isinstance(exc, UntrustedKeyError | BundleVerificationError | ConfigError | BundleError):
         return 422
     return 400
 
