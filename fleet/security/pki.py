@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,6 +299,7 @@ class FleetPKI:
         valid_from: dt.datetime | None = None,
         hostnames: list[str] | tuple[str, ...] = (),
         public_key: CertificatePublicKeyTypes | None = None,
+        check: Callable[[], None] | None = None,
     ) -> IssuedIdentity:
         if valid_for <= dt.timedelta(0):
             raise ConfigError(f"certificate validity must be positive, not {valid_for}")
@@ -345,6 +346,8 @@ class FleetPKI:
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
         )
         with self._locked():
+            if check is not None:
+                check()  # again under the lock: two concurrent provisions of one id cannot both pass
             index = self._load_index()
             index.certificates.append(record)
             write_public(self.root / "issued" / f"{record.serial}.pem", _cert_pem(cert))
@@ -370,7 +373,10 @@ class FleetPKI:
         valid until it expires. A revoked device id is refused either way.
         """
         self._check_may_issue(device_id, renew)
-        return self._issue(device_id, "device", valid_for=valid_for, valid_from=valid_from)
+        return self._issue(
+            device_id, "device", valid_for=valid_for, valid_from=valid_from,
+            check=lambda: self._check_may_issue(device_id, renew),
+        )
 
     def sign_device_csr(
         self,
@@ -410,7 +416,10 @@ class FleetPKI:
         else:
             raise ConfigError(f"{type(key).__name__} keys are not accepted for device certificates")
         self._check_may_issue(device_id, renew)
-        return self._issue(device_id, "device", valid_for=valid_for, public_key=key)
+        return self._issue(
+            device_id, "device", valid_for=valid_for, public_key=key,
+            check=lambda: self._check_may_issue(device_id, renew),
+        )
 
     def _check_may_issue(self, device_id: str, renew: bool) -> None:
         if not valid_device_id(device_id):

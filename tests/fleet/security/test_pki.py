@@ -209,3 +209,22 @@ def test_csr_with_a_forged_signature_is_refused(tmp_path):
     pem = b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(bytes(der)) + b"-----END CERTIFICATE REQUEST-----\n"
     with pytest.raises(ConfigError, match="does not verify"):
         pki.sign_device_csr("cam-1", pem)
+
+
+def test_concurrent_provisioning_of_one_device_issues_one_certificate(tmp_path):
+    """Two CLI invocations racing for the same new device: exactly one wins (file lock on the index)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    FleetPKI.init(tmp_path / "pki")
+
+    def attempt(_):
+        try:
+            FleetPKI.open(tmp_path / "pki").issue_device("cam-race")
+            return "ok"
+        except ConfigError:
+            return "refused"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(attempt, range(4)))
+    assert outcomes.count("ok") == 1, outcomes
+    assert len(FleetPKI.open(tmp_path / "pki").records("cam-race")) == 1
