@@ -1,0 +1,34 @@
+"""Zero-trust fleet: a device is only who its certificate says, and may only touch its own topics.
+
+One module per job:
+
+* :mod:`fleet.security.pki` — the fleet CA in ``{data_dir}/pki``: device certificates (CN = device
+  id), the fleet manager's identity (``@edgekit-fleet``), the broker's server certificate; overlapping
+  renewal (also from a device's CSR); revocation → CRL + deny-list.
+* :mod:`fleet.security.broker_config` — mosquitto config for mTLS (``require_certificate``,
+  ``use_identity_as_username``, ``crlfile``, anonymous off), the per-device ACL, and
+  :func:`~fleet.security.broker_config.apply_revocation` / ``reload_broker`` (SIGHUP: ACL, CRL and
+  server certificate are re-read without dropping anyone else).
+* :mod:`fleet.security.provision` — a device folder: key 0600, certificate, CA, trusted bundle keys,
+  ``agent.yaml`` in :class:`devices.agent.config.AgentConfig` field names.
+* :mod:`fleet.security.keyring` — bundle-signing key rotation (``keys/trusted``, ``keys/retired``).
+* :mod:`fleet.security.download_token` — short-lived HMAC tokens binding device, bundle@version, expiry.
+* :mod:`fleet.security.client_tls` — mTLS for the fleet manager's own paho clients.
+* :mod:`fleet.security.cli` — ``edgekit fleet ca init | provision | revoke | signing-keys``.
+
+How the rest of the fleet uses it
+---------------------------------
+``fleet up`` in secure mode (a CA exists in ``{data_dir}/pki``): start mosquitto with
+``write_secure_broker(FleetPKI.open(pki_dir), data_dir / "broker", port=8883, fleet_port=8884,
+persistence_dir=data_dir / "broker", log_dest=f"file {log}")`` → ``mosquitto -c files.conf``; connect
+the fleet's own clients to ``127.0.0.1:8884`` after ``apply_fleet_tls(client, pki)``.
+
+Bundle downloads: when writing a device's desired state, put
+``issue_download_token(secret, device_id=…, bundle=…, version=…, sha256=…)`` into the bundle URL
+(``…/download?token=…``); the download route calls ``verify_download_token(token, secret,
+bundle=…, version=…, device_id=<mTLS CN if known>, sha256=<file's>)`` and answers 403 on
+:class:`~fleet.security.download_token.DownloadTokenError`. The secret comes from
+``load_or_create_secret(data_dir / "pki" / "download-token.key")``.
+"""
+
+__all__: list[str] = []

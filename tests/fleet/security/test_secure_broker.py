@@ -372,3 +372,44 @@ def test_devices_get_nothing_from_sys_topics(secure_broker, pki, tmp_path):
     dev.subscribe("$SYS/#")
     assert not dev.wait_for(lambda got: bool(got), timeout=0.5)
     dev.close()
+
+
+def test_production_style_config_with_persistence_starts_and_keeps_retained_desired(pki, tmp_path):
+    """The config ``fleet up`` would use (persistence + fleet listener) runs, and survives a restart."""
+    from zerotrust_helpers import MOSQUITTO, SecureMosquitto
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto binary not installed (apt-get install mosquitto)")
+    from types import SimpleNamespace
+
+    from fleet.security.broker_config import write_secure_broker
+
+    broker = SecureMosquitto(pki, tmp_path / "broker", fleet_listener=True)
+    broker.files = write_secure_broker(
+        pki, tmp_path / "broker", port=broker.port, bind="127.0.0.1", fleet_port=broker.fleet_port,
+        persistence_dir=tmp_path / "broker", log_dest=f"file {broker.log}",
+    )
+    broker.start()
+    try:
+        fleet_ep = SimpleNamespace(host="127.0.0.1", port=broker.fleet_port)
+        fleet = connect(fleet_ep, _fleet(pki), "edgekit-fleet-desired")
+        assert fleet.publish("edgekit/v1/cam-p/desired", b"v2", retain=True) in ACCEPTED
+        fleet.close()
+        broker.stop()  # SIGTERM: mosquitto saves its persistence file
+        broker.start()
+        dev = connect(broker, _device(pki, "cam-p", tmp_path), "cam-p")
+        assert not isinstance(dev, str), dev
+        dev.subscribe("edgekit/v1/cam-p/desired")
+        assert dev.wait_for(lambda got: ("edgekit/v1/cam-p/desired", b"v2") in got)
+        dev.close()
+    finally:
+        broker.stop()
+
+
+def test_plain_trial_config_is_loudly_labelled():
+    from fleet.security.broker_config import INSECURE_BANNER, render_plain_config
+
+    text = render_plain_config(1883)
+    assert text.startswith("# !!! INSECURE BROKER")
+    assert "allow_anonymous true" in text and "trials only" in INSECURE_BANNER
+    assert "listener 1883 127.0.0.1" in text  # loopback unless asked otherwise
