@@ -9,6 +9,7 @@ Every error is one red line and exit code 1 (2 for bad usage), never a traceback
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.console import Console
 
 from edgekit.errors import ConfigError, EdgekitError
 from fleet.security.broker_config import SecureBrokerFiles, apply_revocation, write_secure_broker
+from fleet.security.download_token import load_or_create_secret
 from fleet.security.keyring import BundleKeyring
 from fleet.security.pki import FleetPKI
 from fleet.security.provision import provision
@@ -80,7 +82,8 @@ def ca_init(
     config: Path | None = ConfigOpt,
     data_dir: Path | None = DataDirOpt,
 ) -> None:
-    """Create the fleet CA, the broker's server certificate, the fleet identity and the secure broker config."""
+    """Create the fleet CA, the broker's server certificate, the fleet identity, the secure broker config
+    and the download-token secret."""
     with _errors():
         s = _settings(config, data_dir)
         public_host = urlsplit(s.public_url or "").hostname
@@ -92,7 +95,32 @@ def ca_init(
         )
         typer.echo(f"fleet CA created in {pki.root} (private key {pki.ca_key_path}, mode 0600)")
         typer.echo(f"broker certificate for 127.0.0.1, localhost{''.join(', ' + n for n in names)}")
+        load_or_create_secret(_pki_dir(s) / "download-token.key")
         typer.echo(f"fleet identity {pki.fleet_cert_path}; secure broker config {files.conf}")
+
+
+@ca_app.command("list")
+def ca_list(
+    expiring_days: int | None = typer.Option(
+        None, "--expiring-days", min=0, help="Only valid certificates that expire within this many days."
+    ),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """List issued certificates: identity, kind, serial, expiry, state (valid/expired/revoked)."""
+    with _errors():
+        pki = FleetPKI.open(_pki_dir(_settings(config, data_dir)))
+        now = dt.datetime.now(dt.timezone.utc)
+        shown = 0
+        for r in pki.records():
+            state = "revoked" if r.revoked_at else ("expired" if r.not_after <= now else "valid")
+            if expiring_days is not None and (
+                state != "valid" or r.not_after > now + dt.timedelta(days=expiring_days)
+            ):
+                continue
+            typer.echo(f"{r.cn}\t{r.kind}\t{r.serial}\t{r.not_after:%Y-%m-%d}\t{state}")
+            shown += 1
+        typer.echo(f"{shown} certificate(s)")
 
 
 @fleet_security_app.command("provision")

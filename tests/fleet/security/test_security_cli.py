@@ -53,8 +53,16 @@ def test_ca_init_provision_renew_revoke(data_dir, tmp_path):
              "--data-dir", str(data_dir))
     assert r.exit_code == 0 and "renewed cam-1" in r.output
 
+    listing = _run("ca", "list", "--data-dir", str(data_dir)).output
+    assert listing.count("cam-1\tdevice") == 2 and "@edgekit-fleet\tfleet" in listing
+    assert "edgekit-broker\tserver" in listing and "valid" in listing
+    soon = _run("ca", "list", "--expiring-days", "30", "--data-dir", str(data_dir)).output
+    assert "cam-1" not in soon and soon.strip().endswith("0 certificate(s)")
+    assert stat.S_IMODE((data_dir / "pki" / "download-token.key").stat().st_mode) == 0o600
+
     r = _run("revoke", "cam-1", "--data-dir", str(data_dir))
     assert r.exit_code == 0, r.output
+    assert _run("ca", "list", "--data-dir", str(data_dir)).output.count("\trevoked") == 2
     assert "2 certificate(s) revoked" in r.output and "no running secure broker" in r.output
     assert "user cam-1\ntopic deny #" in (data_dir / "broker" / "acl").read_text()
     r = _run("revoke", "no-such-cam", "--data-dir", str(data_dir))
