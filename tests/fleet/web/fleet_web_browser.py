@@ -53,8 +53,9 @@ class Browser:
             if time.monotonic() > deadline:
                 raise WebDriverError("chromedriver did not become ready in 20 s")
             time.sleep(0.1)
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-            "binary": CHROMIUM, "args": [*FLAGS, f"--user-data-dir={self.workdir / 'profile'}"]}}}}
+        caps = {"capabilities": {"alwaysMatch": {
+            "browserName": "chrome", "goog:loggingPrefs": {"browser": "ALL"},
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": [*FLAGS, f"--user-data-dir={self.workdir / 'profile'}"]}}}}
         self.session = self._call("POST", "/session", caps)["sessionId"]
         return self
 
@@ -99,6 +100,10 @@ class Browser:
 
     def execute(self, script: str, *args: Any) -> Any:
         return self._call("POST", self._s("/execute/sync"), {"script": script, "args": list(args)})
+
+    def console(self) -> list[dict]:
+        """Browser console entries since the last call (chromedriver's log endpoint)."""
+        return self._call("POST", self._s("/se/log"), {"type": "browser"})
 
     def screenshot(self, path: Path) -> Path:
         path.write_bytes(base64.b64decode(self._call("GET", self._s("/screenshot"))))

@@ -162,6 +162,10 @@ def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bun
         b.click(b.wait("#verify-chain"))
         assert "chain intact" in b.text(b.wait("#verify-result", contains="chain intact"))
         b.screenshot(shots / "audit.png")
+        # no script errors and no Content-Security-Policy violations on the way (the refused token's 401
+        # is the one expected failed request)
+        problems = [e["message"] for e in b.console() if e["level"] == "SEVERE" and "401" not in e["message"]]
+        assert problems == []
     for name in ("overview", "device", "rollout", "audit"):
         png = (shots / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
