@@ -198,3 +198,8 @@ def rollout_abort(
     """Abort for good; the wave in flight is rolled back, finished waves keep the new version."""
     with _client(url, token) as c:
         _print_rollout(c.rollout_command(rollout_id, "abort", reason), as_json)
+
+# Zero-trust commands (ca init/list, provision, revoke, signing-keys) straight under `edgekit fleet`.
+from fleet.security.cli import fleet_security_app  # noqa: E402 - mounted after this module's own commands
+
+app.add_typer(fleet_security_app)
