@@ -4,7 +4,8 @@
 its commands sit directly under ``edgekit fleet``. Paths come from the fleet settings (``--config`` YAML,
 ``EDGEKIT_FLEET_*``, ``--data-dir``): the CA in ``{data_dir}/pki``, bundle-signing keys in
 ``{data_dir}/keys/{trusted,retired}``, the secure broker files in ``{data_dir}/broker``.
-Every error is one red line and exit code 1 (2 for bad usage), never a traceback.
+Every error is one red line and exit code 1 (2 for bad usage), never a traceback. Light at import
+(the ``edgekit fleet`` root loads it on every call): each command imports what it needs.
 """
 
 from __future__ import annotations
@@ -13,18 +14,15 @@ import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 
-from edgekit.errors import ConfigError, EdgekitError
-from fleet.security.broker_config import SecureBrokerFiles, apply_revocation, write_secure_broker
-from fleet.security.download_token import load_or_create_secret
-from fleet.security.keyring import BundleKeyring
-from fleet.security.pki import FleetPKI
-from fleet.security.provision import provision
-from fleet.settings import FleetSettings, load_settings
+if TYPE_CHECKING:
+    from fleet.security.keyring import BundleKeyring
+    from fleet.settings import FleetSettings
 
 __all__ = ["fleet_security_app"]
 
@@ -42,6 +40,8 @@ DataDirOpt = typer.Option(None, "--data-dir", help="Fleet data folder (default f
 
 @contextmanager
 def _errors() -> Iterator[None]:
+    from edgekit.errors import EdgekitError
+
     try:
         yield
     except EdgekitError as exc:
@@ -50,6 +50,8 @@ def _errors() -> Iterator[None]:
 
 
 def _settings(config: Path | None, data_dir: Path | None) -> FleetSettings:
+    from fleet.settings import load_settings
+
     return load_settings(config, data_dir=data_dir)
 
 
@@ -58,6 +60,8 @@ def _pki_dir(s: FleetSettings) -> Path:
 
 
 def _keyring(s: FleetSettings) -> BundleKeyring:
+    from fleet.security.keyring import BundleKeyring
+
     return BundleKeyring(s.data_dir / "keys")
 
 
@@ -84,10 +88,17 @@ def ca_init(
 ) -> None:
     """Create the fleet CA, the broker's server certificate, the fleet identity, the secure broker config
     and the download-token secret."""
+    from fleet.security.broker_config import write_secure_broker
+    from fleet.security.download_token import load_or_create_secret
+    from fleet.security.pki import FleetPKI
+
     with _errors():
         s = _settings(config, data_dir)
         public_host = urlsplit(s.public_url or "").hostname
-        names = list(hostname) + ([public_host] if public_host and public_host not in hostname else [])
+        loopback = ("127.0.0.1", "::1", "localhost")
+        names = list(hostname)
+        if public_host and public_host not in names and public_host not in loopback:
+            names.append(public_host)  # the host name devices were told to use
         pki = FleetPKI.init(_pki_dir(s), server_hostnames=names, overwrite=force)
         files = write_secure_broker(
             pki, _broker_dir(s), port=broker_port, bind=broker_bind,
@@ -108,6 +119,8 @@ def ca_list(
     data_dir: Path | None = DataDirOpt,
 ) -> None:
     """List issued certificates: identity, kind, serial, expiry, state (valid/expired/revoked)."""
+    from fleet.security.pki import FleetPKI
+
     with _errors():
         pki = FleetPKI.open(_pki_dir(_settings(config, data_dir)))
         now = dt.datetime.now(dt.timezone.utc)
@@ -146,6 +159,10 @@ def provision_cmd(
     data_dir: Path | None = DataDirOpt,
 ) -> None:
     """Issue a device's key + certificate (CN = device id) and write a ready agent config."""
+    from edgekit.errors import ConfigError
+    from fleet.security.pki import FleetPKI
+    from fleet.security.provision import provision
+
     with _errors():
         s = _settings(config, data_dir)
         pki = FleetPKI.open(_pki_dir(s))
@@ -182,6 +199,9 @@ def revoke_cmd(
     data_dir: Path | None = DataDirOpt,
 ) -> None:
     """Revoke a device: CRL + ACL deny rule, and reload a running secure broker (no restart)."""
+    from fleet.security.broker_config import SecureBrokerFiles, apply_revocation
+    from fleet.security.pki import FleetPKI
+
     with _errors():
         s = _settings(config, data_dir)
         pki = FleetPKI.open(_pki_dir(s))
