@@ -267,12 +267,14 @@ def reload_broker(pid: int) -> None:
 def apply_revocation(pki: FleetPKI, files: SecureBrokerFiles, pid: int | None = None) -> bool:
     """Rewrite the ACL from the PKI deny-list and reload the broker (pid given, or from its pid file).
 
-    Returns ``True`` when a running broker was signalled, ``False`` when none runs (the new ACL and CRL
-    take effect when it starts).
+    Returns ``True`` when a running broker was signalled, ``False`` when none runs (no pid file, or a
+    stale one left by a crash: the new ACL and CRL take effect when the broker starts).
     """
     write_public(files.acl, render_acl(pki.denied()).encode())
-    pid = pid if pid is not None else read_pid_file(files.pid_file)
     if pid is None:
-        return False
+        pid = read_pid_file(files.pid_file)
+        # mosquitto removes its pid file on a clean exit; one left by a crash may name a reused pid
+        if pid is None or not _is_mosquitto(pid):
+            return False
     reload_broker(pid)
     return True

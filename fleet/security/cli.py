@@ -199,6 +199,7 @@ def revoke_cmd(
     data_dir: Path | None = DataDirOpt,
 ) -> None:
     """Revoke a device: CRL + ACL deny rule, and reload a running secure broker (no restart)."""
+    from edgekit.errors import FleetError
     from fleet.security.broker_config import SecureBrokerFiles, apply_revocation
     from fleet.security.pki import FleetPKI
 
@@ -207,7 +208,13 @@ def revoke_cmd(
         pki = FleetPKI.open(_pki_dir(s))
         serials = pki.revoke(device_id)
         files = SecureBrokerFiles.in_dir(_broker_dir(s))
-        reloaded = apply_revocation(pki, files)
+        try:
+            reloaded = apply_revocation(pki, files)
+        except FleetError as exc:
+            raise FleetError(
+                f"{device_id} is revoked in the CA and CRL, but the broker was NOT reloaded ({exc}); "
+                "send it SIGHUP or restart it"
+            ) from exc
         what = f"{len(serials)} certificate(s) revoked" if serials else "already revoked"
         where = "broker reloaded" if reloaded else "no running secure broker; takes effect when it starts"
         typer.echo(f"{device_id}: {what}; CRL {pki.crl_path} regenerated; {where}")

@@ -228,3 +228,25 @@ def test_concurrent_provisioning_of_one_device_issues_one_certificate(tmp_path):
         outcomes = list(pool.map(attempt, range(4)))
     assert outcomes.count("ok") == 1, outcomes
     assert len(FleetPKI.open(tmp_path / "pki").records("cam-race")) == 1
+
+
+def test_revocation_with_a_stale_pid_file_signals_nobody(tmp_path):
+    """A pid file left by a crashed broker may name a reused pid: here our own test process."""
+    import os
+
+    from edgekit.errors import FleetError
+    from fleet.security.broker_config import SecureBrokerFiles, apply_revocation, reload_broker
+
+    pki = FleetPKI.init(tmp_path / "pki")
+    pki.issue_device("cam-1")
+    pki.revoke("cam-1")
+    files = SecureBrokerFiles.in_dir(tmp_path / "broker")
+    files.pid_file.parent.mkdir(parents=True)
+    files.pid_file.write_text(f"{os.getpid()}\n")
+    assert apply_revocation(pki, files) is False  # and pytest is still alive to assert it
+    assert "user cam-1\ntopic deny #" in files.acl.read_text()
+    with pytest.raises(FleetError, match="not a running mosquitto"):
+        reload_broker(os.getpid())
+    files.pid_file.write_text("garbage")
+    with pytest.raises(FleetError, match="does not hold a pid"):
+        apply_revocation(pki, files)

@@ -65,6 +65,9 @@ def test_ca_init_provision_renew_revoke(data_dir, tmp_path):
     assert _run("ca", "list", "--data-dir", str(data_dir)).output.count("\trevoked") == 2
     assert "2 certificate(s) revoked" in r.output and "no running secure broker" in r.output
     assert "user cam-1\ntopic deny #" in (data_dir / "broker" / "acl").read_text()
+    (data_dir / "broker" / "mosquitto-secure.pid").write_text("not-a-pid")
+    r = _run("revoke", "cam-1", "--data-dir", str(data_dir))
+    assert r.exit_code == 1 and "NOT reloaded" in r.output and "Traceback" not in r.output
     r = _run("revoke", "no-such-cam", "--data-dir", str(data_dir))
     assert r.exit_code == 1 and "no certificate was ever issued" in r.output
 
