@@ -2,8 +2,9 @@
 
 ``persistent=True`` gives what a production broker needs to keep QoS 1 promises across a crash: the
 in-memory database is saved on every change (``autosave_on_changes`` with an interval of 1), so
-persistent sessions and their queued messages survive ``SIGKILL``. Mosquitto started as root drops to
-the ``mosquitto`` user, so the work folder is made writable for it.
+persistent sessions and their queued messages survive ``SIGKILL``. Mosquitto started as root would drop
+to the ``mosquitto`` user, which cannot reach a private folder (pytest's are mode 0700), so when run as
+root it is told to stay root (``user root``).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ class LocalMosquitto:
         self.proc: subprocess.Popen | None = None
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 1000000",
                  "max_inflight_messages 0", "log_dest none"]
+        if os.geteuid() == 0:
+            lines.append("user root")
         if persistent:
-            os.chmod(self.workdir, 0o777)  # noqa: S103 - the broker runs as the 'mosquitto' user
             lines += ["persistence true", f"persistence_location {self.workdir}/", "autosave_on_changes true",
                       "autosave_interval 1"]
         else:

@@ -1,0 +1,117 @@
+"""Chaos: the broker is SIGKILLed and restarted, during telemetry and during a rollout.
+
+Guarantees checked: no telemetry or event is lost beyond the spool evictions the devices counted;
+every device ends serving a verified model; the rollout ends in a defined state on every device.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import paho.mqtt.client as paho
+import pytest
+from chaoskit import AgentProcess, BundleServer, desired_for, long_mode, wait_until
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgekit.wire import ModelRef, topic
+from hil.simscript import SimScript
+from hil.simulator import SimConfig, Simulator, SimulatorThread
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+
+
+def spool_state(agent: AgentProcess) -> tuple[int, int, int]:
+    """``(last seq, evicted, still spooled)`` from the agent's own spool database (agent stopped)."""
+    db = sqlite3.connect(agent.state_dir / "spool.sqlite")
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        (left,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
+    finally:
+        db.close()
+    return int(meta["seq"]), int(meta["evicted"]), int(left)
+
+
+def publish_retained(broker, messages) -> None:
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="chaos-fleet")
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    for t, payload in messages:
+        c.publish(t, payload, qos=1, retain=True).wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
+
+
+def kill_restart(broker, outage_s: float) -> None:
+    broker.stop(kill=True)
+    time.sleep(outage_s)
+    broker.start()
+
+
+def test_broker_killed_during_telemetry(pbroker, collector, versions, signing_keys, tmp_path, chaos_record):
+    _, _, keydir = signing_keys
+    n_sim, kills = (200, 4) if long_mode() else (30, 1)
+    agent = AgentProcess(tmp_path / "agent", broker_url=pbroker.url, device_id="agent-0", seed=versions["1.0.0"],
+                         keys_dir=keydir).start()
+    sim = SimulatorThread(Simulator(SimConfig(broker_url=pbroker.url, devices=n_sim, telemetry_interval_s=0.2,
+                                              download="simulate", drain_s=15))).start()
+    try:
+        assert agent.wait_ready(60), agent.tail()
+        assert sim.wait_for(lambda s: s.report().connected == n_sim, timeout=30)
+        for _ in range(kills):
+            time.sleep(1.0)
+            kill_restart(pbroker, 1.5)
+        assert sim.wait_for(lambda s: s.report().connected == n_sim, timeout=30)
+        time.sleep(1.0)
+    finally:
+        report = sim.stop()
+        agent.stop()
+    last, evicted, left = spool_state(agent)
+    seqs = dict(report.last_seq) | {"agent-0": last}
+    missing = collector.wait_complete(seqs, timeout=20)
+    chaos_record.update(kills=kills, devices=n_sim + 1, seqs=sum(seqs.values()), missing=sum(map(len, missing.values())),
+                        sim_evicted=report.evicted, agent_evicted=evicted, agent_spool_left=left,
+                        replayed=collector.replayed, duplicates=collector.duplicates, sim_connects=report.connects)
+    assert report.connects >= n_sim * (kills + 1)
+    assert report.evicted == 0 and evicted == 0 and left == 0
+    assert missing == {}, f"lost beyond evictions: {missing}"
+    assert collector.replayed > 0  # the outage really made devices spool and replay
+
+
+def test_broker_killed_during_rollout(pbroker, collector, versions, signing_keys, tmp_path, chaos_record):
+    _, _, keydir = signing_keys
+    n_sim = 200 if long_mode() else 30
+    script = SimScript.model_validate({"initial_model": {"name": "tiny", "version": "1.0.0"},
+                                       "ota": {"step_s": 0.3, "soak_s": 1.0}})
+    with BundleServer(tmp_path / "www") as web:
+        url = web.add(versions["2.0.0"])
+        web.delay_s = 1.0  # the kill lands while devices download
+        agent = AgentProcess(tmp_path / "agent", broker_url=pbroker.url, device_id="agent-0",
+                             seed=versions["1.0.0"], keys_dir=keydir, soak_s=1.0).start()
+        sim = SimulatorThread(Simulator(SimConfig(broker_url=pbroker.url, devices=n_sim, telemetry_interval_s=0.2,
+                                                  trusted_keys=[keydir / "signing.pub"], drain_s=15), script)).start()
+        try:
+            assert agent.wait_ready(60), agent.tail()
+            assert sim.wait_for(lambda s: s.report().connected == n_sim, timeout=30)
+            ids = [d.device_id for d in sim.sim.devices] + ["agent-0"]
+            publish_retained(pbroker, [(topic(i, "desired"), desired_for(i, url, versions["2.0.0"])) for i in ids])
+            assert sim.wait_for(lambda s: any(d.ota.state == "downloading" for d in s.devices), timeout=10)
+            states_at_kill = sim.call(lambda: dict(sim.sim.report().ota_states))
+            kill_restart(pbroker, 1.5)  # mid-rollout: devices are downloading
+            done = sim.wait_for(lambda s: all(d.ota.state in ("installed", "failed", "rolled_back") and not d.ota.soaking
+                                              for d in s.devices), timeout=60)
+            assert done, sim.call(lambda: sim.sim.report().ota_states)
+            assert wait_until(lambda: agent.served_version("tiny") == "2.0.0", timeout=30), agent.tail()
+            assert wait_until(lambda: (r := collector.reported.get("agent-0")) is not None
+                              and r.ota_state == "installed", timeout=30)
+        finally:
+            report = sim.stop()
+            agent.stop()
+    last, evicted, _ = spool_state(agent)
+    seqs = dict(report.last_seq) | {"agent-0": last}
+    missing = collector.wait_complete(seqs, timeout=20)
+    chaos_record.update(devices=n_sim + 1, states_at_kill=states_at_kill, final=report.ota_states,
+                        models=report.models, missing=sum(map(len, missing.values())), replayed=collector.replayed)
+    assert report.models == {"tiny@2.0.0": n_sim} and report.ota_states == {"installed": n_sim}
+    assert all(collector.reported[d].active == ModelRef(name="tiny", version="2.0.0") for d in seqs)
+    assert missing == {} and evicted == 0
