@@ -238,6 +238,8 @@ class FleetPKI:
         key_path, cert_path = root / "ca.key", root / "ca.crt"
         if not key_path.exists() or not cert_path.exists():
             raise ConfigError(f"no fleet CA in {root}; create one with `edgekit fleet ca init`")
+        if key_path.stat().st_mode & 0o077:
+            raise ConfigError(f"the CA key {key_path} is readable by others; chmod 600 it (and consider it leaked)")
         try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:

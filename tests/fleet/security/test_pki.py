@@ -35,6 +35,13 @@ def test_ca_init_writes_private_keys_0600_and_refuses_to_overwrite(tmp_path):
     assert FleetPKI.open(tmp_path / "pki").ca_cert.serial_number == ca.serial_number
 
 
+def test_open_refuses_a_ca_key_others_can_read(tmp_path):
+    pki = FleetPKI.init(tmp_path / "pki")
+    pki.ca_key_path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        FleetPKI.open(tmp_path / "pki")
+
+
 def test_open_without_a_ca_says_how_to_create_one(tmp_path):
     with pytest.raises(ConfigError, match="fleet ca init"):
         FleetPKI.open(tmp_path / "nothing")
