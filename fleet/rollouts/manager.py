@@ -271,6 +271,7 @@ class RolloutManager:
     def _step_wave(self, s: Session, r: Rollout, wave: RolloutWave, now: datetime) -> None:
         members = self._members(s, r.id, wave.index)
         if wave.state == "pending":
+            members = self._prefer_online(s, r, wave.index, members)
             for m in members:
                 if m.state == "pending":
                     self._send_new_bundle(s, r, m, now)
@@ -293,7 +294,19 @@ class RolloutManager:
                 self._pass(s, r, wave, now, {"passed": True, "reasons": [], "devices": 0})
                 return
             if not installed:
-                return  # everyone is offline: nothing to gate on yet; their desired state is retained
+                # Everyone left in this wave is offline (online devices were moved forward at its start).
+                # With evidence from an earlier wave, go on: their retained desired state waits for them.
+                # Without any evidence yet, wait: a rollout never passes on no signal at all.
+                if self._any_installed(s, r.id):
+                    self._pass(s, r, wave, now, {"passed": True, "reasons": [], "devices": len(members),
+                                                 "note": f"all {len(members)} device(s) offline; they converge "
+                                                         "when they return"})
+                    return
+                # devices of later waves may have come online meanwhile: let them take this wave's place
+                for m in self._prefer_online(s, r, wave.index, members):
+                    if m.state == "pending":
+                        self._send_new_bundle(s, r, m, now)
+                return
             wave.state, wave.soak_started_at = "soaking", now
             r.updated_at = now
             return
@@ -307,6 +320,28 @@ class RolloutManager:
             else:
                 wave.gate = gate.as_dict()
                 self._halt(s, r, wave, now, f"wave {wave.index + 1} gate failed: " + "; ".join(gate.reasons))
+
+    def _prefer_online(self, s: Session, r: Rollout, index: int, members: list[RolloutDevice]) -> list[RolloutDevice]:
+        """Swap offline devices of a starting wave with online ones of later waves, one for one.
+
+        A wave's gate needs devices that can answer; offline ones move to a later wave (at worst the
+        last), where their retained desired state waits for them.
+        """
+        online = set(self._online(s, [m.device_id for m in members]))
+        offline = [m for m in members if m.state in ("pending", "desired") and m.device_id not in online]
+        if not offline:
+            return members
+        later = list(s.scalars(select(RolloutDevice).where(
+            RolloutDevice.rollout_id == r.id, RolloutDevice.wave > index, RolloutDevice.state == "pending")
+            .order_by(RolloutDevice.wave.desc(), RolloutDevice.device_id)))
+        later_online = set(self._online(s, [m.device_id for m in later]))
+        swaps = [m for m in later if m.device_id in later_online]
+        for away, forward in zip(offline, swaps, strict=False):
+            away.wave, forward.wave = forward.wave, index
+            log.info("rollout %s: wave %d takes online %s instead of offline %s", r.id, index + 1,
+                     forward.device_id, away.device_id)
+        s.flush()
+        return self._members(s, r.id, index)
 
     def _pass(self, s: Session, r: Rollout, wave: RolloutWave, now: datetime, gate: dict[str, Any]) -> None:
         wave.state, wave.finished_at, wave.gate = "passed", now, gate
@@ -475,6 +510,11 @@ class RolloutManager:
     def _members(s: Session, rid: str, wave: int) -> list[RolloutDevice]:
         return list(s.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == rid, RolloutDevice.wave == wave)
                               .order_by(RolloutDevice.device_id)))
+
+    @staticmethod
+    def _any_installed(s: Session, rid: str) -> bool:
+        return s.scalar(select(RolloutDevice.id).where(RolloutDevice.rollout_id == rid,
+                                                       RolloutDevice.state == "installed").limit(1)) is not None
 
     @staticmethod
     def _online(s: Session, ids: list[str]) -> list[str]:

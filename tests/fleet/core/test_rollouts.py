@@ -284,3 +284,43 @@ def test_create_refuses_bad_requests(manager, fleet):
     manager.create(spec())
     with pytest.raises(RolloutError, match="another running or paused rollout"):
         manager.create(spec(bundle="tiny@3.0.0"))
+
+
+def test_offline_devices_move_behind_online_ones_at_wave_start(manager, fleet, clock, db, publisher):
+    make_fleet(fleet, 4)
+    st = manager.create(spec(waves="50,100"))
+    planned = members(db, st.id)
+    for i in planned[0]:
+        fleet.down(i)  # the whole first wave is unreachable when it would start
+    manager.tick()
+    now = members(db, st.id)
+    assert now[0] == planned[1] and now[1] == planned[0], "online devices take the first wave"
+    assert set(publisher.retained) == set(planned[1])
+    final = run_until(manager, fleet, clock, st.id)
+    assert final.state == "completed"
+    assert {fleet.version_of(i) for i in planned[1]} == {"2.0.0"}
+    assert {fleet.version_of(i) for i in planned[0]} == {"1.0.0"}
+    for i in planned[0]:
+        fleet.up(i)
+    fleet.converge()
+    manager.tick()
+    assert {fleet.version_of(i) for i in fleet.devices} == {"2.0.0"}
+    assert set(member_states(db, st.id).values()) == {"installed"}
+
+
+def test_a_rollout_never_passes_without_any_signal(manager, fleet, clock, db, publisher):
+    ids = make_fleet(fleet, 2)
+    for i in ids:
+        fleet.down(i)
+    st = manager.create(spec(waves="50,100"))
+    for _ in range(5):
+        step(manager, fleet, clock, seconds=120)
+    now = manager.status(st.id)
+    assert now.state == "running" and now.waves[0].state == "installing", "no evidence: the wave waits"
+    second = members(db, st.id)[1][0]
+    fleet.up(second)  # a device of the *second* wave comes back first: it takes the first wave's place
+    final = run_until(manager, fleet, clock, st.id)
+    assert final.state == "completed"
+    assert members(db, st.id)[0] == [second]
+    assert fleet.version_of(second) == "2.0.0"
+    assert "offline" in final.waves[1].gate["note"]
