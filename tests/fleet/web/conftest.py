@@ -153,3 +153,10 @@ def bundle_v2(tmp_path_factory, tiny_onnx, signing_keys):
     out = tmp_path_factory.mktemp("bundle-v2") / "tiny-2.0.0.ekb"
     bundle_from_onnx(tiny_onnx, name="tiny", version="2.0.0", key=key, out=out, labels=["a", "b", "c"])
     return out
+
+
+def pytest_collection_modifyitems(items):
+    # Starlette's TestClient warns that it wants httpx2; the tests use the pinned httpx on purpose.
+    for item in items:
+        if "fleet/web" in str(item.fspath):
+            item.add_marker(pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"))

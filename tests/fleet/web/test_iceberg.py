@@ -126,3 +126,32 @@ def test_bad_catalog_config_is_a_config_error(web_db, tmp_path):
     syncer = IcebergSync(web_db, settings(catalog={"type": "no-such-catalog"}), tmp_path)
     with pytest.raises(ConfigError, match="cannot open Iceberg catalog"):
         syncer.sync()
+
+
+def test_catalog_configured_from_the_environment(web_db, tmp_path, monkeypatch):
+    """A different catalog/warehouse (here another SQL catalog) is configuration only."""
+    import json
+
+    from fleet.analytics import load_analytics_settings
+
+    elsewhere = tmp_path / "lake"
+    (elsewhere / "wh").mkdir(parents=True)
+    monkeypatch.setenv("EDGEKIT_ANALYTICS_CATALOG", json.dumps(
+        {"type": "sql", "uri": f"sqlite:///{elsewhere / 'cat.db'}", "warehouse": (elsewhere / "wh").as_uri()}))
+    monkeypatch.setenv("EDGEKIT_ANALYTICS_NAMESPACE", "plant7")
+    monkeypatch.setenv("EDGEKIT_ANALYTICS_SETTLE_S", "0")
+    s = load_analytics_settings()
+    ingest(web_db, "cam-1", range(3))
+    assert IcebergSync(web_db, s, tmp_path / "unused").sync().rows["telemetry"] == 3
+    table = load_catalog("edgekit", **s.catalog).load_table("plant7.telemetry")
+    assert table.scan().to_arrow().num_rows == 3
+    assert any((elsewhere / "wh").rglob("*.parquet"))
+    assert not (tmp_path / "unused" / "analytics").exists()
+
+
+def test_bad_analytics_setting_is_a_config_error(monkeypatch):
+    from fleet.analytics import load_analytics_settings
+
+    monkeypatch.setenv("EDGEKIT_ANALYTICS_BATCH_SIZE", "zero")
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_analytics_settings()
