@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -70,7 +70,10 @@ class BundleInfo:
 
     @classmethod
     def from_row(cls, row: Bundle) -> BundleInfo:
-        return cls(row.name, row.version, row.sha256, row.size, row.key_id, row.uploaded_at, row.manifest, row.path)
+        at = row.uploaded_at
+        if at is not None and at.tzinfo is None:  # SQLite hands back naive datetimes; stored as UTC
+            at = at.replace(tzinfo=timezone.utc)
+        return cls(row.name, row.version, row.sha256, row.size, row.key_id, at, row.manifest, row.path)
 
 
 def parse_bundle_ref(text: str) -> tuple[str, str]:
