@@ -89,6 +89,7 @@ class Agent:
         self.ota = OtaManager(
             cfg.ota, SlotStore(self.state_dir), self.host, profile=self.profile, trusted=self.trusted,
             device_id=cfg.mqtt.device_id, threads=cfg.runtime_threads, runtime=runtime,
+            engine_cache=self.state_dir / "engines",
             hooks=OtaHooks(event=self._event, reported=self._reported, model_changed=self._model_changed,
                            state_changed=self.metrics.set_ota_state),
         )

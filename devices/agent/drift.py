@@ -59,13 +59,21 @@ def _confidences(scores: np.ndarray) -> np.ndarray:
 
 
 class DriftMonitor:
-    """Folds every served request into drift statistics; cheap enough for the request path."""
+    """Folds every served request into drift statistics.
 
-    def __init__(self, labels: list[str] | None = None, max_confidences: int = 10_000):
+    ``observe`` only queues references (cheap on the request path); the numbers are folded in bulk,
+    vectorised, every ``flush_every`` requests and whenever a snapshot is taken.
+    """
+
+    def __init__(self, labels: list[str] | None = None, max_confidences: int = 10_000, flush_every: int = 256):
         self._lock = threading.Lock()
         self._inputs: dict[str, RunningStats] = {}
         self._predictions: Counter[str] = Counter()
         self._conf: deque[float] = deque(maxlen=max_confidences)
+        self._pending: list[tuple[Mapping[str, np.ndarray], np.ndarray | None, list[str] | None]] = []
+        self.flush_every = flush_every
+        self.max_pending_bytes = 4 << 20
+        self._pending_bytes = 0
         self.labels = labels
 
     def reset(self, labels: list[str] | None = None) -> None:
@@ -74,29 +82,54 @@ class DriftMonitor:
             self._inputs.clear()
             self._predictions.clear()
             self._conf.clear()
+            self._pending.clear()
+            self._pending_bytes = 0
             self.labels = labels
 
     def observe(self, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
                 labels: list[str] | None = None) -> None:
-        """Fold one request in; ``labels`` name the classes (default: those given at reset)."""
-        labels = labels if labels is not None else self.labels
+        """Queue one request; ``labels`` name the classes (default: those given at reset)."""
+        first = next(iter(outputs.values())) if outputs else None
+        size = sum(a.nbytes for a in feeds.values())
         with self._lock:
+            self._pending.append((feeds, first, labels if labels is not None else self.labels))
+            self._pending_bytes += size
+            # bounded by count and by memory held (a device may get large images)
+            if len(self._pending) < self.flush_every and self._pending_bytes < self.max_pending_bytes:
+                return
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        pending, self._pending = self._pending, []
+        self._pending_bytes = 0
+        if not pending:
+            return
+        by_input: dict[str, list[np.ndarray]] = {}
+        for feeds, _, _ in pending:
             for name, arr in feeds.items():
                 if arr.dtype.kind in "fiub":
-                    self._inputs.setdefault(name, RunningStats()).update(arr)
-            if not outputs:
-                return
-            first = next(iter(outputs.values()))
-            if first.ndim != 2 or first.shape[1] < 2 or first.dtype.kind != "f" or not np.all(np.isfinite(first)):
-                return
-            classes = first.argmax(axis=1)
-            for c in classes.tolist():
+                    by_input.setdefault(name, []).append(arr.ravel())
+        for name, parts in by_input.items():
+            self._inputs.setdefault(name, RunningStats()).update(np.concatenate(parts))
+        groups: dict[tuple, list[np.ndarray]] = {}
+        for _, out, labels in pending:
+            if out is None or out.ndim != 2 or out.shape[1] < 2 or out.dtype.kind != "f":
+                continue
+            groups.setdefault((out.shape[1], tuple(labels) if labels else None), []).append(out)
+        for (_, labels), parts in groups.items():
+            scores = np.concatenate(parts)
+            scores = scores[np.all(np.isfinite(scores), axis=1)]
+            if not scores.size:
+                continue
+            classes, counts = np.unique(scores.argmax(axis=1), return_counts=True)
+            for c, n in zip(classes.tolist(), counts.tolist(), strict=True):
                 key = labels[c] if labels and c < len(labels) else str(c)
-                self._predictions[key] += 1
-            self._conf.extend(_confidences(first).tolist())
+                self._predictions[key] += n
+            self._conf.extend(_confidences(scores).tolist())
 
     def snapshot(self, *, reset_interval: bool = True) -> DriftStats:
         with self._lock:
+            self._flush_locked()
             conf = np.fromiter(self._conf, dtype=np.float64)
             stats = DriftStats(
                 inputs={k: v.to_wire() for k, v in self._inputs.items()},

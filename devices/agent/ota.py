@@ -58,10 +58,16 @@ class OtaHooks:
 
 
 def load_verified(vb: VerifiedBundle, runtime: Runtime, profile: DeviceProfile | None, *, threads: int | None,
-                  slot: SlotName | None, sha256: str | None) -> tuple[LoadedModel, GoldenResult]:
-    """Load a verified bundle, check its specs, warm it up and run the golden check."""
+                  slot: SlotName | None, sha256: str | None,
+                  engine_cache: Path | None = None) -> tuple[LoadedModel, GoldenResult]:
+    """Load a verified bundle, check its specs, warm it up and run the golden check.
+
+    ``engine_cache`` (under the state directory) is handed to runtimes that build device-specific
+    engines (TensorRT); portable runtimes need none.
+    """
+    extra: dict[str, Any] = {"cache_dir": engine_cache} if engine_cache and runtime.name == "tensorrt" else {}
     try:
-        session = runtime.load(vb.model_path, profile, threads=threads)
+        session = runtime.load(vb.model_path, profile, threads=threads, **extra)
     except EdgekitError as exc:
         raise HealthCheckError(f"cannot load the model: {exc}") from exc
     try:
@@ -93,7 +99,9 @@ class OtaManager:
         threads: int | None = None,
         runtime: Runtime | None = None,
         hooks: OtaHooks | None = None,
+        engine_cache: Path | None = None,
     ):
+        self.engine_cache = engine_cache
         self.cfg = cfg
         self.slots = slots
         self.host = host
@@ -200,7 +208,7 @@ class OtaManager:
         if vb.manifest.name != rec.name or vb.manifest.version != rec.version:
             raise AgentError(f"slot {rec.slot} holds {vb.manifest.ref}, pointer says {rec.name}@{rec.version}")
         model, self.golden = load_verified(vb, self.runtime, self.profile, threads=self.threads,
-                                           slot=rec.slot, sha256=rec.sha256)
+                                           slot=rec.slot, sha256=rec.sha256, engine_cache=self.engine_cache)
         return model
 
     def _serve(self, model: LoadedModel | None) -> None:
@@ -355,7 +363,8 @@ class OtaManager:
             self._set_state(step)
             self._set_state("checking")
             step = "checking"
-            model, golden = load_verified(vb, self.runtime, self.profile, threads=self.threads, slot=slot, sha256=sha)
+            model, golden = load_verified(vb, self.runtime, self.profile, threads=self.threads, slot=slot, sha256=sha,
+                                          engine_cache=self.engine_cache)
             self._event("ota.check", f"golden check passed ({golden.accuracy=}, {golden.max_abs_error=})",
                         rollout_id=rollout_id, accuracy=golden.accuracy, max_abs_error=golden.max_abs_error)
         except (EdgekitError, OSError) as exc:
