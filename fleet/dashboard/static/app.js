@@ -173,10 +173,18 @@
     return { name, points: points.map((p) => ({ x: new Date(p.ts), y: p[key] })) };
   }
 
-  async function viewDevice(id) {
+  const WINDOWS = { "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400 };
+
+  async function viewDevice(id, params) {
     const enc = encodeURIComponent(id);
-    const [d, tel, ev] = await Promise.all([api(`/api/v1/devices/${enc}`), api(`/api/v1/telemetry/${enc}?limit=500`),
+    const win = WINDOWS[params.get("window")] ? params.get("window") : "1h";
+    const since = new Date(Date.now() - WINDOWS[win] * 1000).toISOString();
+    const tq = new URLSearchParams({ since, bucket_s: String(WINDOWS[win] / 240), limit: "500" });
+    const [d, tel, ev] = await Promise.all([api(`/api/v1/devices/${enc}`), api(`/api/v1/telemetry/${enc}?${tq}`),
       api(`/api/v1/telemetry/${enc}/events?limit=50`)]);
+    const windowPicker = h("div", { class: "actions", id: "window-picker" }, "window: ",
+      Object.keys(WINDOWS).map((w) => w === win ? h("strong", {}, w)
+        : link(`#/device/${enc}?window=${w}`, w, { "data-window": w })));
     const pts = tel.points;
     const inputs = new Set(pts.flatMap((p) => Object.keys(p.inputs || {})));
     const driftSeries = [seriesOf(pts, "confidence_mean", "mean confidence")].concat(
@@ -199,13 +207,14 @@
       h("h2", { id: "device-title" }, `Device ${d.id}`),
       h("div", { class: "cards" },
         h("div", { class: "card" }, h("dl", { class: "kv", id: "device-info" }, info.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))),
-        h("div", { class: "card" }, h("h3", {}, "Latest telemetry"), last ? h("dl", { class: "kv" },
+        h("div", { class: "card" }, h("h3", {}, "Latest telemetry"), last ? h("dl", { class: "kv", id: "latest" },
           h("dt", {}, "p50 / p95 / p99"), h("dd", {}, `${num(last.p50_ms)} / ${num(last.p95_ms)} / ${num(last.p99_ms)} ms`),
           h("dt", {}, "requests"), h("dd", {}, last.requests), h("dt", {}, "error rate"), h("dd", {}, pct(last.error_rate)),
           h("dt", {}, "confidence"), h("dd", {}, num(last.confidence_mean, 3)),
           h("dt", {}, "cpu / memory"), h("dd", {}, `${num(last.cpu_percent, 0)}% / ${num(last.memory_mb, 0)} MB`),
           h("dt", {}, "model"), h("dd", {}, last.model || "—")) : h("p", { class: "muted" }, "no telemetry yet")),
         me && me.scope === "admin" ? tagEditor(d) : null),
+      windowPicker,
       h("div", { class: "charts", id: "device-charts" },
         EdgekitCharts.lineChart({ title: "Inference latency", unit: "ms",
           series: [seriesOf(pts, "p50_ms", "p50"), seriesOf(pts, "p95_ms", "p95"), seriesOf(pts, "p99_ms", "p99")] }),
@@ -357,7 +366,7 @@
     const seq = ++renderSeq;
     const nav = { device: "devices", rollout: "rollouts" }[view] || view;
     for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.view === nav);
-    const views = { overview: viewOverview, devices: () => viewDevices(params), device: () => viewDevice(arg),
+    const views = { overview: viewOverview, devices: () => viewDevices(params), device: () => viewDevice(arg, params),
       rollouts: viewRollouts, rollout: () => viewRollout(arg), bundles: viewBundles, audit: viewAudit };
     const fn = views[view];
     try {

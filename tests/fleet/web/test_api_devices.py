@@ -125,3 +125,26 @@ def test_telemetry_series_and_events(client, read_h, feed, fleet3, fleet_ctx):
     assert client.get("/api/v1/telemetry/ghost", headers=read_h).status_code == 404
     bad = client.get("/api/v1/telemetry/cam-1", params={"since": "yesterday"}, headers=read_h)
     assert bad.status_code == 422 and "since" in bad.json()["detail"]
+
+
+def test_bucketed_series_for_long_windows(client, read_h, feed, fleet3, fleet_ctx):
+    t0 = fleet_ctx.test_clock().replace(second=0, microsecond=0)
+    feed(*[
+        wire.Telemetry(device_id="cam-2", seq=i, ts=t0 + timedelta(seconds=10 * i), requests=100, errors=i % 2,
+                       latency=wire.LatencyStats(p95_ms=float(i)),
+                       drift=wire.DriftStats(confidence_mean=0.5, predictions={"a": 1},
+                                             inputs={"x": wire.InputStats(count=1, mean=float(i), std=1.0)}))
+        for i in range(12)  # two minutes of 10 s telemetry
+    ])
+    r = client.get("/api/v1/telemetry/cam-2", params={"bucket_s": 60}, headers=read_h).json()
+    assert r["bucket_s"] == 60 and r["count"] == 2
+    first, second = r["points"]
+    assert first["samples"] == 6 and second["samples"] == 6
+    assert first["p95_ms"] == pytest.approx(2.5) and second["p95_ms"] == pytest.approx(8.5)  # means
+    assert first["requests"] == 600 and first["errors"] == 3 and first["error_rate"] == pytest.approx(0.005)
+    assert first["inputs"]["x"]["mean"] == pytest.approx(2.5) and first["predictions"] == {"a": 6}
+    assert first["ts"].startswith(t0.strftime("%Y-%m-%dT%H:%M"))
+    last = client.get("/api/v1/telemetry/cam-2", params={"bucket_s": 60, "limit": 1}, headers=read_h).json()
+    assert [p["samples"] for p in last["points"]] == [6] and last["points"][0]["seq"] == 11
+    bad = client.get("/api/v1/telemetry/cam-2", params={"bucket_s": 0}, headers=read_h)
+    assert bad.status_code == 422 and "bucket_s" in bad.json()["detail"]

@@ -80,6 +80,15 @@ def populate(ctx, feed, tiny_bundle, bundle_v2):
     return rid
 
 
+def charts(b) -> dict[str, dict]:
+    """The device page's charts: title → number of plotted points and the series drawn."""
+    found = b.execute("""return [...document.querySelectorAll('#device-charts figure')].map(f => ({
+        title: f.querySelector('figcaption').textContent,
+        points: +f.querySelector('svg').dataset.points,
+        lines: [...f.querySelectorAll('path.line')].map(p => p.dataset.series)}))""")
+    return {c["title"].split(" (")[0]: c for c in found}
+
+
 @pytest.fixture
 def served(fleet_ctx):
     """The real app under uvicorn on a free loopback port (a thread; stopped after the test)."""
@@ -128,17 +137,18 @@ def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bun
         b.wait("#device-title", contains="Device cam-1")
         info = b.text(b.wait("#device-info"))
         assert "tiny@2.0.0" in info and "line-3" in info
-        charts = b.execute("""return [...document.querySelectorAll('#device-charts figure')].map(f => ({
-            title: f.querySelector('figcaption').textContent,
-            points: +f.querySelector('svg').dataset.points,
-            lines: [...f.querySelectorAll('path.line')].map(p => p.dataset.series)}))""")
-        by_title = {c["title"].split(" (")[0]: c for c in charts}
+        by_title = charts(b)
         assert by_title["Inference latency"]["lines"] == ["p50", "p95", "p99"]
         assert by_title["Inference latency"]["points"] > 60
         assert "mean confidence" in by_title["Drift"]["lines"]
         assert by_title["Drift"]["points"] > 30
         assert "ota.installed" in b.text(b.wait("#events-table", contains="golden check passed"))
         b.screenshot(shots / "device.png")
+        # a longer window is averaged into fewer, wider buckets by the API
+        b.click(b.wait("#window-picker a[data-window='24h']"))
+        b.wait("#window-picker strong", contains="24h")
+        coarse = charts(b)["Inference latency"]["points"]
+        assert 0 < coarse < by_title["Inference latency"]["points"]
 
         # click into the rollout: waves with gate results
         b.click_link("nav a", "Rollouts")
