@@ -51,7 +51,7 @@ def pbroker(tmp_path):
 def collector(pbroker):
     from hil.collector import WireCollector
 
-    with WireCollector(pbroker.host, pbroker.port) as col:
+    with WireCollector(pbroker.host, pbroker.port, keep_payloads=True) as col:
         yield col
 
 
