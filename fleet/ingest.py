@@ -86,7 +86,15 @@ def decode_message(topic: str, payload: bytes, received: float) -> Message | Non
         return None
     if kind == "desired":
         raise WireError(f"{topic}: the fleet does not ingest desired state")
-    p = wire.decode(kind, payload)
+    # Fast path: pydantic parses and validates the JSON in one pass (~3x faster than json.loads +
+    # validate). Anything it does not accept as-is goes through wire.decode, which gives the contract's
+    # exact verdict and error message.
+    try:
+        p = wire.MODELS[kind].model_validate_json(payload)
+        if p.v != wire.WIRE_VERSION:
+            raise ValueError("version")
+    except ValueError:
+        p = wire.decode(kind, payload)
     if p.device_id != device_id:
         raise WireError(f"{topic}: payload device_id {p.device_id!r} does not match the topic")
     return Message(kind, device_id, p, datetime.fromtimestamp(received, timezone.utc))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from edgekit import wire
@@ -46,19 +46,25 @@ def _insert_ignore(dialect: str, table):
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing(index_elements=["device_id", "seq"]).returning(table.id)
+    return insert(table)
 
 
 def _telemetry_row(m: Message) -> dict[str, Any]:
     t: wire.Telemetry = m.payload
+    payload = t.model_dump(mode="json")
     return {
         "device_id": m.device_id, "seq": t.seq, "ts": t.ts, "received_at": m.received_at, "replayed": t.replayed,
         "model_name": t.model.name if t.model else None, "model_version": t.model.version if t.model else None,
         "requests": t.requests, "errors": t.errors,
         "p50_ms": t.latency.p50_ms, "p95_ms": t.latency.p95_ms, "p99_ms": t.latency.p99_ms,
         "cpu_percent": t.cpu_percent, "memory_mb": t.memory_mb, "temperature_c": t.temperature_c,
-        "drift": t.drift.model_dump(mode="json"), "payload": t.model_dump(mode="json"),
+        # only telemetry that carries drift statistics fills the column (most rows: NULL, cheaper)
+        "drift": payload.get("drift") if _has_drift(t.drift) else None, "payload": payload,
     }
+
+
+def _has_drift(d: wire.DriftStats) -> bool:
+    return bool(d.inputs or d.predictions or d.confidence_mean is not None or d.confidence_p10 is not None)
 
 
 def _event_row(m: Message) -> dict[str, Any]:
@@ -69,14 +75,6 @@ def _event_row(m: Message) -> dict[str, Any]:
     }
 
 
-def _later(a: datetime | None, b: datetime) -> datetime:
-    if a is None:
-        return b
-    if a.tzinfo is None:
-        a = a.replace(tzinfo=timezone.utc)
-    return max(a, b)
-
-
 def _group_from_tags(tags: list[str]) -> str | None:
     for t in tags:
         if t.startswith("group="):
@@ -85,44 +83,68 @@ def _group_from_tags(tags: list[str]) -> str | None:
 
 
 def store_batch(s: Session, messages: Sequence[Message]) -> BatchResult:
-    """Store ``messages`` in the session's transaction; returns what was stored and what was a duplicate."""
+    """Store ``messages`` in the session's transaction; returns what was stored and what was a duplicate.
+
+    The hot path (telemetry, events, ``last_seen``) is plain Core ``executemany``; only ``status`` and
+    ``reported`` go through the ORM, one device row each.
+    """
     res = BatchResult()
     if not messages:
         return res
-    dialect = s.get_bind().dialect.name
-    ids = sorted({m.device_id for m in messages})
-    devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_(ids)))}
-    for device_id in ids:
-        if device_id not in devices:
-            first = min(m.received_at for m in messages if m.device_id == device_id)
-            d = Device(id=device_id, tags=[], online=False, first_seen=first, reported_generation=0,
-                       desired_generation=0, desired_published=True)
-            s.add(d)
-            devices[device_id] = d
-            res.new_devices.append(device_id)
-    if res.new_devices:
-        s.flush()
+    conn = s.connection()
+    dialect = conn.dialect.name
+    insert = _insert_ignore
 
-    telemetry = [_telemetry_row(m) for m in messages if m.kind == "telemetry"]
-    events = [_event_row(m) for m in messages if m.kind == "events"]
-    for table, rows in ((Telemetry, telemetry), (Event, events)):
+    # register devices seen for the first time (on any stream)
+    first: dict[str, Message] = {}
+    last_seen: dict[str, datetime] = {}
+    for m in messages:
+        first.setdefault(m.device_id, m)
+        if m.received_at > last_seen.get(m.device_id, m.received_at) or m.device_id not in last_seen:
+            last_seen[m.device_id] = m.received_at
+    ids = list(first)
+    known = set(conn.execute(select(Device.id).where(Device.id.in_(ids))).scalars())
+    new_rows = []
+    for device_id in ids:
+        if device_id in known:
+            continue
+        m = first[device_id]
+        model = getattr(m.payload, "model", None) if m.kind == "telemetry" else None
+        new_rows.append({
+            "id": device_id, "tags": [], "online": False, "first_seen": m.received_at, "last_seen": m.received_at,
+            "reported_generation": 0, "desired_generation": 0, "desired_published": True,
+            "active_name": model.name if model else None, "active_version": model.version if model else None,
+        })
+    if new_rows:
+        inserted = conn.execute(insert(dialect, Device.__table__).on_conflict_do_nothing(index_elements=["id"])
+                                .returning(Device.__table__.c.id), new_rows).scalars().all()
+        res.new_devices.extend(inserted)
+
+    for table, rows in ((Telemetry.__table__, [_telemetry_row(m) for m in messages if m.kind == "telemetry"]),
+                        (Event.__table__, [_event_row(m) for m in messages if m.kind == "events"])):
         if rows:
-            stored = len(s.execute(_insert_ignore(dialect, table), rows).all())
+            stmt = insert(dialect, table).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+            stored = len(conn.execute(stmt.returning(table.c.id), rows).all())
             res.stored += stored
             res.duplicates += len(rows) - stored
 
-    for m in messages:
-        d = devices[m.device_id]
-        d.last_seen = _later(d.last_seen, m.received_at)
-        p = m.payload
-        if m.kind == "status":
-            _apply_status(d, p, m.received_at, res)
+    dev = Device.__table__
+    conn.execute(
+        update(dev).where(dev.c.id == bindparam("did"), or_(dev.c.last_seen.is_(None), dev.c.last_seen < bindparam("ls")))
+        .values(last_seen=bindparam("ls")),
+        [{"did": d, "ls": ts} for d, ts in last_seen.items()],
+    )
+
+    stateful = [m for m in messages if m.kind in ("status", "reported")]
+    if stateful:
+        devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_({m.device_id for m in stateful})))}
+        for m in stateful:
+            d = devices[m.device_id]
+            if m.kind == "status":
+                _apply_status(d, m.payload, m.received_at, res)
+            else:
+                _apply_reported(d, m.payload, m.received_at)
             res.stored += 1
-        elif m.kind == "reported":
-            _apply_reported(d, p, m.received_at)
-            res.stored += 1
-        elif m.kind == "telemetry" and p.model is not None and d.active_name is None:
-            d.active_name, d.active_version = p.model.name, p.model.version
     return res
 
 
