@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Security, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -186,12 +187,18 @@ def _authenticate(request: Request) -> Principal:
     return principal
 
 
-def require_read(request: Request) -> Principal:
+#: declares the bearer scheme in the OpenAPI document (the "Authorize" button of /docs); the header is
+#: read by :func:`_authenticate`, which also accepts ``X-API-Token``. A stateless description object.
+_BEARER = HTTPBearer(auto_error=False, scheme_name="APIToken",
+                     description="An edgekit fleet API token (`ekt_…`); read scope may GET, admin may also write.")
+
+
+def require_read(request: Request, _creds: HTTPAuthorizationCredentials | None = Security(_BEARER)) -> Principal:
     """FastAPI dependency: any valid token (``read`` or ``admin``)."""
     return _authenticate(request)
 
 
-def require_admin(request: Request) -> Principal:
+def require_admin(request: Request, _creds: HTTPAuthorizationCredentials | None = Security(_BEARER)) -> Principal:
     """FastAPI dependency: an ``admin`` token; a ``read`` token gets 403."""
     principal = _authenticate(request)
     if not principal.is_admin:

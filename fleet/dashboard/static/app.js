@@ -79,7 +79,7 @@
       if (resp.status === 401) showLogin(detail);
       throw new ApiError(resp.status, detail);
     }
-    return data;
+    return o.withHeaders ? { data, headers: resp.headers } : data;
   }
 
   // ---- login ------------------------------------------------------------------------------------
@@ -131,7 +131,9 @@
   async function viewDevices(params) {
     const selector = params.get("selector") || "all";
     const online = params.get("online") || "";
-    const q = new URLSearchParams({ selector, limit: "1000" });
+    const PAGE = 500;
+    const offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
+    const q = new URLSearchParams({ selector, limit: String(PAGE), offset: String(offset) });
     if (online) q.set("online", online);
     const form = h("form", { class: "filters", id: "device-filter", onsubmit: (ev) => {
       ev.preventDefault();
@@ -147,14 +149,28 @@
       h("option", { value: "false", selected: online === "false" }, "offline"))),
     h("button", { type: "submit" }, "Filter"));
     let devices = [];
+    let total = 0;
     let error = null;
-    try { devices = await api(`/api/v1/devices?${q}`); } catch (err) {
+    try {
+      const r = await api(`/api/v1/devices?${q}`, { withHeaders: true });
+      devices = r.data;
+      total = parseInt(r.headers.get("x-total-count") || String(devices.length), 10);
+    } catch (err) {
       if (err.status !== 422) throw err;
       error = err.message;
     }
+    const page = (off) => {
+      const p = new URLSearchParams(params);
+      p.set("offset", String(off));
+      return `#/devices?${p}`;
+    };
+    const pager = h("p", { class: "muted", id: "devices-count" },
+      `${total ? offset + 1 : 0}–${offset + devices.length} of ${total} devices `,
+      offset > 0 ? link(page(Math.max(0, offset - PAGE)), "← previous") : null, " ",
+      offset + devices.length < total ? link(page(offset + PAGE), "next →") : null);
     return [
       h("h2", {}, "Devices"), form,
-      error ? h("p", { class: "error", role: "alert" }, error) : null,
+      error ? h("p", { class: "error", role: "alert" }, error) : pager,
       table([
         { title: "device", cell: (d) => link(`#/device/${encodeURIComponent(d.id)}`, d.id, { class: "device-link" }) },
         { title: "state", cell: (d) => badge(d.online ? "online" : "offline") },
