@@ -22,6 +22,7 @@ from torch import nn
 
 from edgekit.compress.artifact import Artifact
 from edgekit.compress.context import PassContext
+from edgekit.compress.data import ArraySet
 from edgekit.compress.inference import predict_torch
 from edgekit.compress.passes.prune import PruneConfig, prune_module
 from edgekit.compress.registry import PassConfig, PassOutput, register_pass
@@ -47,6 +48,9 @@ class DistillConfig(PassConfig):
     lr: float = Field(default=3e-3, gt=0)
     batch_size: int = Field(default=64, ge=2)
     augment: Literal["none", "shift"] = "none"
+    #: with ``augment: shift``: shifted copies of the training set whose teacher outputs are computed
+    #: once up front (offline distillation: no teacher forward per step)
+    augment_copies: int = Field(default=3, ge=0, le=16)
     #: pairs [teacher_module_name, student_module_name] whose outputs are matched (MSE)
     feature_pairs: list[tuple[str, str]] = Field(default_factory=list)
     feature_weight: float = Field(default=1.0, ge=0)
@@ -105,6 +109,26 @@ class _FeatureMatch:
             h.remove()
 
 
+def shifted_copies(data: ArraySet, copies: int, seed: int, max_shift: int = 2) -> ArraySet:
+    """``data`` plus ``copies`` randomly shifted versions of every image (4-D float inputs only)."""
+    rng = np.random.default_rng(seed)
+    inputs = {k: [v] for k, v in data.inputs.items()}
+    n = len(data)
+    for _ in range(copies):
+        shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2))
+        for k, v in data.inputs.items():
+            if v.ndim != 4 or v.dtype.kind != "f":
+                inputs[k].append(v)
+                continue
+            out = np.empty_like(v)
+            for dy, dx in {tuple(s) for s in shifts.tolist()}:
+                idx = np.where((shifts[:, 0] == dy) & (shifts[:, 1] == dx))[0]
+                out[idx] = np.roll(v[idx], (dy, dx), axis=(2, 3))
+            inputs[k].append(out)
+    labels = None if data.labels is None else np.concatenate([data.labels] * (copies + 1))
+    return ArraySet({k: np.concatenate(v) for k, v in inputs.items()}, labels)
+
+
 @register_pass(DistillConfig)
 def distill(art: Artifact, cfg: DistillConfig, ctx: PassContext, out_dir: Path) -> PassOutput:
     t0 = time.perf_counter()
@@ -131,12 +155,16 @@ def distill(art: Artifact, cfg: DistillConfig, ctx: PassContext, out_dir: Path) 
 
     names = [s.name for s in art.outputs]
     feats = _FeatureMatch(teacher, student, cfg.feature_pairs, args) if cfg.feature_pairs else None
-    live = feats is not None or cfg.augment != "none"
+    augment = cfg.augment
+    if augment == "shift" and feats is None and cfg.augment_copies:
+        train = shifted_copies(train, cfg.augment_copies, ctx.seed)
+        augment = "none"
+    live = feats is not None or augment != "none"
     t_out = None if live else list(predict_torch(teacher, train, art.inputs, names).values())
     try:
         fit(student, train, art.inputs, ctx, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
             loss_fn=distill_loss(cfg.temperature, cfg.alpha), teacher_outputs=t_out,
-            teacher=teacher if live else None, augment=cfg.augment, description="distilling",
+            teacher=teacher if live else None, augment=augment, description="distilling",
             extra_loss=(lambda: cfg.feature_weight * feats.loss()) if feats else None,
             extra_params=list(feats.adapters.parameters()) if feats else None)
     finally:
