@@ -32,9 +32,9 @@ def free_port() -> int:
 
 
 class LocalMosquitto:
-    """mosquitto on 127.0.0.1:``port``; ``stop(kill=True)`` + ``start()`` simulate a crash on the same port."""
+    """mosquitto on ``host``:``port`` (loopback by default); ``stop(kill=True)`` + ``start()`` simulate a crash on the same port."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, persistent: bool = False):
+    def __init__(self, workdir: Path, *, port: int | None = None, persistent: bool = False, host: str = "127.0.0.1"):
         binary = mosquitto_binary()
         if binary is None:
             raise ConfigError("mosquitto is not installed (apt-get install mosquitto)")
@@ -42,10 +42,10 @@ class LocalMosquitto:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.host = "127.0.0.1"
+        self.host = host
         self.persistent = persistent
         self.proc: subprocess.Popen | None = None
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 1000000",
+        lines = [f"listener {self.port} {host}", "allow_anonymous true", "max_queued_messages 1000000",
                  "max_inflight_messages 0", "log_dest none"]
         if os.geteuid() == 0:
             lines.append("user root")

@@ -204,3 +204,54 @@ class AgentProcess:
 
     def tail(self, n: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+
+class Netns:
+    """A network namespace joined to this host by a veth pair (``10.231.N.1`` here, ``.2`` inside)."""
+
+    def __init__(self, index: int):
+        tag = f"{os.getpid() % 10000}{index}"
+        self.name = f"ekchaos{tag}"
+        self.host_if, self.ns_if = f"ekh{tag}", f"ekn{tag}"
+        octet = 100 + (os.getpid() + index) % 100
+        self.host_ip, self.ns_ip = f"10.231.{octet}.1", f"10.231.{octet}.2"
+
+    @staticmethod
+    def _ip(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+
+    def create(self) -> str | None:
+        """Set it up; returns why it cannot be done here, or ``None``."""
+        if shutil.which("ip") is None:
+            return "iproute2 'ip' not installed"
+        steps = [
+            ("netns", "add", self.name),
+            ("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if),
+            ("link", "set", self.ns_if, "netns", self.name),
+            ("addr", "add", f"{self.host_ip}/30", "dev", self.host_if),
+            ("link", "set", self.host_if, "up"),
+            ("-n", self.name, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if),
+            ("-n", self.name, "link", "set", self.ns_if, "up"),
+            ("-n", self.name, "link", "set", "lo", "up"),
+        ]
+        for step in steps:
+            proc = self._ip(*step)
+            if proc.returncode != 0:
+                self.destroy()
+                return f"'ip {' '.join(step)}' failed: {proc.stderr.strip()}"
+        return None
+
+    def link(self, up: bool) -> None:
+        self._ip("link", "set", self.host_if, "up" if up else "down")
+
+    def netem(self, spec: str) -> str | None:
+        """Apply ``tc qdisc … netem SPEC`` on the host side; returns why not, or ``None``."""
+        if shutil.which("tc") is None:
+            return "tc (iproute2) not installed"
+        proc = subprocess.run(["tc", "qdisc", "add", "dev", self.host_if, "root", "netem", *spec.split()],
+                              capture_output=True, text=True, check=False)
+        return None if proc.returncode == 0 else f"tc netem unavailable here: {proc.stderr.strip()}"
+
+    def destroy(self) -> None:
+        self._ip("link", "del", self.host_if)
+        self._ip("netns", "del", self.name)
