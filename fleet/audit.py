@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -51,12 +53,32 @@ def _normalise(details: dict[str, Any] | None) -> dict[str, Any]:
     return json.loads(json.dumps(details, default=str, sort_keys=True))
 
 
-def record(session: Session, actor: str, action: str, target: str,
+@contextmanager
+def _scope(where: Session | Any) -> Iterator[Session]:
+    """``where`` is a Session (used as is: its transaction decides), or a FleetContext / Database
+    (a transaction of its own, committed on return)."""
+    if isinstance(where, Session):
+        yield where
+        return
+    db = getattr(where, "database", where)
+    if not hasattr(db, "session"):
+        raise FleetError(f"audit needs a Session, a Database or a FleetContext, not {type(where).__name__}")
+    with db.session() as s:
+        yield s
+
+
+def record(where: Session | Any, actor: str, action: str, target: str,
            details: dict[str, Any] | None = None) -> AuditEntry:
-    """Append one entry inside ``session``'s transaction (it commits with the action it records)."""
+    """Append one entry. Given a Session, inside its transaction (it commits with the action it
+    records); given a FleetContext or Database, in a transaction of its own."""
     details = _normalise(details)
+    with _scope(where) as session:
+        return _append(session, actor, action, target, details)
+
+
+def _append(session: Session, actor: str, action: str, target: str, details: dict[str, Any]) -> AuditEntry:
     _lock_for_append(session)
-    seq, prev = head(session)
+    seq, prev = _head(session)
     seq += 1
     ts = datetime.now(timezone.utc)
     actor, action, target = actor[:128], action[:64], target[:256]
@@ -98,15 +120,28 @@ class ChainReport:
                 "error": self.error, "bad_seq": self.bad_seq}
 
 
-def head(session: Session) -> tuple[int, str]:
+def head(where: Session | Any) -> tuple[int, str]:
     """``(seq, hash)`` of the newest entry (``(0, GENESIS)`` when empty): note it to detect truncation."""
+    with _scope(where) as session:
+        return _head(session)
+
+
+def _head(session: Session) -> tuple[int, str]:
     row = session.execute(select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)).first()
     return (row[0], row[1]) if row else (0, GENESIS)
 
 
-def verify_chain(session: Session, *, expected_head: tuple[int, str] | None = None,
+def verify_chain(where: Session | Any, *, expected_head: tuple[int, str] | None = None,
                  batch: int = 1000) -> ChainReport:
-    """Recompute every hash in order; report the first edited, deleted or reordered entry."""
+    """Recompute every hash in order; report the first edited, deleted or reordered entry.
+
+    ``where``: a Session, a Database or a FleetContext.
+    """
+    with _scope(where) as session:
+        return _verify(session, expected_head, batch)
+
+
+def _verify(session: Session, expected_head: tuple[int, str] | None, batch: int) -> ChainReport:
     prev, expect_seq, count = GENESIS, 1, 0
     last_seq = 0
     total = session.scalar(select(func.count()).select_from(AuditEntry)) or 0

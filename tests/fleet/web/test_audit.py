@@ -132,3 +132,16 @@ def test_entry_rolls_back_with_its_action(web_db):
         record(s, "a", "b", "c")
         raise RuntimeError("the action failed")
     assert _verify(web_db).entries == 0
+
+
+def test_record_and_verify_accept_a_database_or_context(web_db):
+    from types import SimpleNamespace
+
+    from edgekit.errors import FleetError
+
+    record(web_db, "ops", "x.y", "t1")
+    record(SimpleNamespace(database=web_db), "ops", "x.z", "t2")
+    assert verify_chain(web_db).entries == 2
+    assert head(SimpleNamespace(database=web_db))[0] == 2
+    with pytest.raises(FleetError, match="needs a Session"):
+        record(object(), "ops", "x", "y")
