@@ -120,6 +120,8 @@ class OtaConfig(_Section):
     client_key: Path | None = None
     #: a new model is marked good after running this long without a crash or failed check
     soak_s: float = Field(default=60.0, ge=0)
+    #: first delay before a failed download is retried (doubles up to 5 minutes)
+    retry_min_s: float = Field(default=5.0, gt=0)
     #: boots during one soak window before the agent rolls back (crash loop)
     max_boot_attempts: int = Field(default=3, ge=1, le=100)
 

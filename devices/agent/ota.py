@@ -120,6 +120,11 @@ class OtaManager:
         self._lock = threading.RLock()
         self._pending: Desired | None = None
         self._handled: tuple[str, int] | None = None
+        # a download that failed for a transient reason is retried with backoff (never blacklisted)
+        self._retry: Desired | None = None
+        self._retry_at = 0.0
+        self._retry_delay = 0.0
+        self._last_failure_transient = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -247,6 +252,7 @@ class OtaManager:
             return
         with self._lock:
             self._pending = d
+            self._retry = None
         self._wake.set()
 
     def _authorise(self, d: Desired) -> str | None:
@@ -281,6 +287,8 @@ class OtaManager:
             self._wake.clear()
             with self._lock:
                 d, self._pending = self._pending, None
+                if d is None and self._retry is not None and time.monotonic() >= self._retry_at:
+                    d, self._retry, self._handled = self._retry, None, None
             if d is None or self._stop.is_set():
                 continue
             try:
@@ -338,16 +346,31 @@ class OtaManager:
         def fetch(dest: Path) -> None:
             self.downloader.fetch(d.bundle.url, dest, sha256=d.bundle.sha256, size=d.bundle.size)
 
-        return self._pipeline(fetch, slot, name=d.bundle.name, version=d.bundle.version, sha=d.bundle.sha256,
-                              rollout_id=d.rollout_id, generation=d.generation, source=d.bundle.url)
+        ok = self._pipeline(fetch, slot, name=d.bundle.name, version=d.bundle.version, sha=d.bundle.sha256,
+                            rollout_id=d.rollout_id, generation=d.generation, source=d.bundle.url)
+        with self._lock:
+            if ok:
+                self._retry_delay = 0.0
+            elif self._last_failure_transient and self._pending is None:
+                self._retry_delay = min(300.0, max(self.cfg.retry_min_s, self._retry_delay * 2))
+                self._retry, self._retry_at = d, time.monotonic() + self._retry_delay
+                self._event("ota.retry", f"download will be retried in {self._retry_delay:.0f} s",
+                            level="warning", rollout_id=d.rollout_id, retry_in_s=self._retry_delay)
+        return ok
 
     def _pipeline(self, fetch: Callable[[Path], None], slot: SlotName, *, name: str | None, version: str | None,
                   sha: str, rollout_id: str | None, generation: int, source: str) -> bool:
         step = "downloading"
         model: LoadedModel | None = None
+        self._last_failure_transient = False
         try:
             self._set_state("downloading")
             self._event("ota.download", f"fetching {source}", rollout_id=rollout_id, slot=slot)
+            with self._lock:  # the slot about to be overwritten can no longer be a fallback
+                ptr = self._read_pointer()
+                if ptr.previous is not None and ptr.previous.slot == slot:
+                    ptr.previous = None
+                    self.slots.write(ptr)
             self.slots.clear(slot)
             fetch(self.slots.bundle_path(slot))
 
@@ -371,11 +394,15 @@ class OtaManager:
             if model is not None:
                 model.session.close()
             reason = f"{step} failed: {exc}"
-            with self._lock:
-                ptr = self._read_pointer()
-                if sha not in ptr.failed:
-                    ptr.failed = [*ptr.failed, sha][-32:]
-                self.slots.write(ptr)
+            # A download can fail for passing reasons (network, server): retried later. A bundle that
+            # arrived and failed verification or its checks is remembered and never retried.
+            self._last_failure_transient = step == "downloading"
+            if not self._last_failure_transient:
+                with self._lock:
+                    ptr = self._read_pointer()
+                    if sha not in ptr.failed:
+                        ptr.failed = [*ptr.failed, sha][-32:]
+                    self.slots.write(ptr)
             self.slots.clear(slot)
             self._event("ota.failed", reason, level="error", rollout_id=rollout_id, step=step,
                         error=type(exc).__name__)

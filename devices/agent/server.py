@@ -154,6 +154,8 @@ def create_app(svc: InferenceService) -> FastAPI:
                 payload = json.loads(body)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise RequestError(f"malformed JSON: {exc}") from None
+            except RecursionError:
+                raise RequestError("malformed JSON: nested too deeply") from None
             req = parse_request(payload)
             model = _model(name, version)
             feeds = decode_inputs(req, model.manifest)

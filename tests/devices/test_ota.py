@@ -238,3 +238,32 @@ def test_seed_that_fails_with_nothing_to_serve_is_an_error(make_ota, bundles):
     ota, _ = make_ota()
     with pytest.raises(AgentError, match="cannot serve"):
         ota.boot(bundles["bad_golden"])
+
+
+def test_failed_download_is_retried_with_backoff_not_blacklisted(make_ota, bundles, file_server):
+    ota, rec = make_ota(soak_s=0, retry_min_s=0.3)
+    ota.boot(bundles["v1"])
+    ota.start()
+    url = file_server.url("later.ekb")  # not there yet: HTTP 404
+    ota.handle_desired(desired_for(DEVICE, bundles["v2"], url))
+    wait_for(lambda: "ota.retry" in rec.kinds(), 10, what="a scheduled retry")
+    assert "HTTP 404" in rec.message("ota.failed")
+    assert sha256(bundles["v2"]) not in ota.slots.read().failed
+    assert ota.host.current.version == "1.0.0"
+    shutil.copyfile(bundles["v2"], file_server.root / "later.ekb")
+    wait_for(lambda: ota.host.current.version == "2.0.0", 20, what="install on retry")
+    assert ota.state == "installed"
+
+
+def test_installing_over_the_previous_slot_forgets_it_as_a_fallback(make_ota, bundles, file_server):
+    from edgekit.wire import Desired, decode
+
+    ota, _ = make_ota(soak_s=0)
+    ota.boot(bundles["v1"])
+    ota.converge(decode("desired", desired_for(DEVICE, bundles["v2"], _publish(file_server, bundles["v2"])), Desired))
+    assert ota.slots.read().previous.version == "1.0.0"
+    # v3 fails its check after overwriting slot a (where v1 was): v1 must not be offered as a fallback anymore.
+    ota.converge(decode("desired", desired_for(DEVICE, bundles["bad_golden"],
+                                               _publish(file_server, bundles["bad_golden"])), Desired))
+    ptr = ota.slots.read()
+    assert ptr.active.version == "2.0.0" and ptr.previous is None

@@ -97,6 +97,8 @@ def test_malformed_json_and_body_limit():
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
     r = c.post("/v2/models/fake/infer", content=b"[" + b"1," * 5000 + b"1]")
     assert r.status_code == 413 and "limit" in r.json()["error"]
+    r = c.post("/v2/models/fake/infer", content=b"[" * 1000 + b"]" * 1000)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
 
 
 def test_metrics_count_requests_errors_latency_and_model():
