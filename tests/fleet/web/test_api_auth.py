@@ -81,3 +81,16 @@ def test_token_lifecycle_over_the_api(client, admin_h):
     assert bad.status_code == 422 and "scope" in bad.json()["detail"]
     actions = [e["action"] for e in client.get("/api/v1/audit", headers=admin_h).json()["entries"]]
     assert actions[:2] == ["token.revoke", "token.create"]
+
+
+def test_database_outage_is_503_not_500(client, fleet_ctx, tokens, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def down(*_a, **_k):
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(fleet_ctx.database, "session", down)
+    r = client.get("/api/v1/devices", headers={"Authorization": f"Bearer {tokens['read']}"})
+    assert r.status_code == 503 and "database is unavailable" in r.json()["detail"]
+    h = client.get("/healthz")
+    assert h.status_code == 503 and h.json()["status"] == "degraded"
