@@ -53,6 +53,7 @@ __all__ = [
     "render_acl",
     "render_plain_config",
     "render_secure_config",
+    "write_acl",
     "write_secure_broker",
 ]
 
@@ -207,7 +208,7 @@ def write_secure_broker(
     Start the broker with ``mosquitto -c files.conf``; it writes its pid to ``files.pid_file``.
     """
     files = SecureBrokerFiles.in_dir(broker_dir)
-    write_public(files.acl, render_acl(pki.denied()).encode())
+    write_acl(pki, files)
     text = render_secure_config(
         pki, files, port=port, bind=bind, fleet_port=fleet_port, fleet_bind=fleet_bind,
         persistence_dir=persistence_dir, log_dest=log_dest, user=user,
@@ -264,13 +265,18 @@ def reload_broker(pid: int) -> None:
         raise FleetError(f"not allowed to signal broker pid {pid}: {exc}") from exc
 
 
+def write_acl(pki: FleetPKI, files: SecureBrokerFiles) -> Path:
+    """Regenerate the ACL file from the PKI's deny-list (takes effect on the broker's next reload)."""
+    return write_public(files.acl, render_acl(pki.denied()).encode())
+
+
 def apply_revocation(pki: FleetPKI, files: SecureBrokerFiles, pid: int | None = None) -> bool:
     """Rewrite the ACL from the PKI deny-list and reload the broker (pid given, or from its pid file).
 
     Returns ``True`` when a running broker was signalled, ``False`` when none runs (no pid file, or a
     stale one left by a crash: the new ACL and CRL take effect when the broker starts).
     """
-    write_public(files.acl, render_acl(pki.denied()).encode())
+    write_acl(pki, files)
     if pid is None:
         pid = read_pid_file(files.pid_file)
         # mosquitto removes its pid file on a clean exit; one left by a crash may name a reused pid

@@ -167,7 +167,7 @@ def test_revoked_device_is_cut_off_without_restarting_the_broker(secure_broker, 
     assert not isinstance(early, str), "CRL picked up without a reload: revisit broker_config's docstring"
     early.close()
     assert apply_revocation(pki, secure_broker.files) is True  # pid read from the broker's pid file
-    assert secure_broker.proc.poll() is None and secure_broker.pid == pid  # same process: no restart
+    assert secure_broker.running and secure_broker.pid == pid  # same process: no restart
 
     # new connections with the revoked certificate fail the TLS handshake (CRL re-read on SIGHUP)
     def refused() -> bool:
@@ -375,23 +375,17 @@ def test_devices_get_nothing_from_sys_topics(secure_broker, pki, tmp_path):
 
 
 def test_production_style_config_with_persistence_starts_and_keeps_retained_desired(pki, tmp_path):
-    """The config ``fleet up`` would use (persistence + fleet listener) runs, and survives a restart."""
+    """The broker ``fleet up`` would run (persistence + fleet listener) keeps retained state over a restart."""
     from zerotrust_helpers import MOSQUITTO, SecureMosquitto
 
     if MOSQUITTO is None:
         pytest.skip("mosquitto binary not installed (apt-get install mosquitto)")
     from types import SimpleNamespace
 
-    from fleet.security.broker_config import write_secure_broker
-
-    broker = SecureMosquitto(pki, tmp_path / "broker", fleet_listener=True)
-    broker.files = write_secure_broker(
-        pki, tmp_path / "broker", port=broker.port, bind="127.0.0.1", fleet_port=broker.fleet_port,
-        persistence_dir=tmp_path / "broker", log_dest=f"file {broker.log}",
-    )
-    broker.start()
+    broker = SecureMosquitto(pki, tmp_path / "broker", fleet_listener=True, persistence=True).start()
     try:
-        fleet_ep = SimpleNamespace(host="127.0.0.1", port=broker.fleet_port)
+        host, port = broker.fleet_address
+        fleet_ep = SimpleNamespace(host=host, port=port)
         fleet = connect(fleet_ep, _fleet(pki), "edgekit-fleet-desired")
         assert fleet.publish("edgekit/v1/cam-p/desired", b"v2", retain=True) in ACCEPTED
         fleet.close()
@@ -413,3 +407,33 @@ def test_plain_trial_config_is_loudly_labelled():
     assert text.startswith("# !!! INSECURE BROKER")
     assert "allow_anonymous true" in text and "trials only" in INSECURE_BANNER
     assert "listener 1883 127.0.0.1" in text  # loopback unless asked otherwise
+
+
+def test_secure_broker_revoke_cuts_off_a_device_on_the_pinned_listener(pinned_broker, pki, tmp_path):
+    ident = _device(pki, "cam-z", tmp_path)
+    s = connect(pinned_broker, ident, "cam-z")
+    assert not isinstance(s, str), s
+    s.close()
+    assert pinned_broker.revoke("cam-z")
+    _refused_by_tls(pinned_broker, ident, "cam-z", VERIFY_FAILED)
+    assert pinned_broker.running
+
+
+def test_secure_broker_start_failure_is_a_fleet_error(pki, tmp_path):
+    import socket
+
+    from zerotrust_helpers import MOSQUITTO, SecureMosquitto
+
+    from edgekit.errors import FleetError
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto binary not installed (apt-get install mosquitto)")
+    broker = SecureMosquitto(pki, tmp_path / "broker")
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", broker.port))
+        squatter.listen()
+        # our squatter would answer TCP on the port: start() must refuse instead of reporting success
+        with pytest.raises(FleetError, match="already in use"):
+            broker.start(timeout=5)
+    assert not broker.running

@@ -4,7 +4,6 @@ it receives."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -12,54 +11,23 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from servers import MOSQUITTO, free_port, wait_port
+from servers import MOSQUITTO, free_port
 
-from fleet.security.broker_config import SecureBrokerFiles, write_secure_broker
 from fleet.security.pki import FleetPKI, IssuedIdentity
+from fleet.security.secure_broker import SecureBroker
 
 __all__ = ["MOSQUITTO", "Identity", "SecureMosquitto", "Session", "connect", "save_identity"]
 
 
-class SecureMosquitto:
-    """mosquitto running the generated secure config on a free loopback port."""
+class SecureMosquitto(SecureBroker):
+    """The production :class:`SecureBroker` on free loopback ports (fleet listener optional)."""
 
-    def __init__(self, pki: FleetPKI, workdir: Path, *, fleet_listener: bool = False):
-        self.pki = pki
-        self.port = free_port()
-        #: the fleet's own loopback listener (client ids kept), when the device port pins client ids
-        self.fleet_port = free_port() if fleet_listener else None
+    def __init__(self, pki: FleetPKI, workdir: Path, *, fleet_listener: bool = False, persistence: bool = False):
+        super().__init__(
+            pki, workdir, port=free_port(), bind="127.0.0.1",
+            fleet_port=free_port() if fleet_listener else None, persistence=persistence, binary=MOSQUITTO,
+        )
         self.host = "127.0.0.1"
-        self.log = workdir / "mosquitto.log"
-        self.files: SecureBrokerFiles = write_secure_broker(
-            pki, workdir, port=self.port, bind="127.0.0.1", fleet_port=self.fleet_port, log_dest=f"file {self.log}"
-        )
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> SecureMosquitto:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.files.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        try:
-            wait_port(self.port, timeout=10)
-        except TimeoutError:
-            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
-            self.stop()
-            raise RuntimeError(f"secure mosquitto did not start: {err} {self.log_text()}") from None
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
 
 
 @dataclass
