@@ -9,6 +9,8 @@ One module per job:
   ``use_identity_as_username``, ``crlfile``, anonymous off), the per-device ACL, and
   :func:`~fleet.security.broker_config.apply_revocation` / ``reload_broker`` (SIGHUP: ACL, CRL and
   server certificate are re-read without dropping anyone else).
+* :mod:`fleet.security.secure_broker` — :class:`~fleet.security.secure_broker.SecureBroker`, that
+  mosquitto as a child process of the fleet: start (ports checked), stop, reload, revoke.
 * :mod:`fleet.security.provision` — a device folder: key 0600, certificate, CA, trusted bundle keys,
   ``agent.yaml`` in :class:`devices.agent.config.AgentConfig` field names.
 * :mod:`fleet.security.keyring` — bundle-signing key rotation (``keys/trusted``, ``keys/retired``).
@@ -18,10 +20,10 @@ One module per job:
 
 How the rest of the fleet uses it
 ---------------------------------
-``fleet up`` in secure mode (a CA exists in ``{data_dir}/pki``): start mosquitto with
-``write_secure_broker(FleetPKI.open(pki_dir), data_dir / "broker", port=8883, fleet_port=8884,
-persistence_dir=data_dir / "broker", log_dest=f"file {log}")`` → ``mosquitto -c files.conf``; connect
-the fleet's own clients to ``127.0.0.1:8884`` after ``apply_fleet_tls(client, pki)``.
+``fleet up`` in secure mode (a CA exists in ``{data_dir}/pki``): instead of the plain trial broker,
+``broker = SecureBroker(FleetPKI.open(data_dir / "pki"), data_dir / "broker").start()``; the fleet's
+own clients connect to ``broker.fleet_address`` (loopback 8884) after ``apply_fleet_tls(client, pki)``;
+devices use ``mqtts://<public host>:8883``.
 
 Bundle downloads: when writing a device's desired state, put
 ``issue_download_token(secret, device_id=…, bundle=…, version=…, sha256=…)`` into the bundle URL
