@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from pyiceberg.types import (
     StringType,
     TimestamptzType,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from edgekit.errors import ConfigError, FleetError
@@ -162,6 +163,18 @@ class IcebergSync:
         self._catalog: Catalog | None = None
         #: test seam: called between the Iceberg commit and the watermark write (simulate a crash)
         self.after_commit: Callable[[str, int], None] | None = None
+        #: test seams for the settle logic
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], None] = time.sleep
+        #: per table: (largest id seen, when) observations not yet settled, oldest first
+        self._seen: dict[str, list[tuple[int, float]]] = {}
+
+    @property
+    def settle_s(self) -> float:
+        """The configured settle time, or 0 on SQLite (one writer: ids commit in order), 5 s elsewhere."""
+        if self.settings.settle_s is not None:
+            return self.settings.settle_s
+        return 0.0 if self.database.engine.dialect.name == "sqlite" else 5.0
 
     @property
     def catalog(self) -> Catalog:
@@ -189,19 +202,50 @@ class IcebergSync:
             self.identifier(spec.name), schema=spec.schema, partition_spec=_day_spec()
         )
 
-    def sync(self) -> SyncResult:
-        """Append every settled row past each table's watermark; returns the rows written."""
+    def sync(self, *, wait: bool = True) -> SyncResult:
+        """Append every settled row past each table's watermark; returns the rows written.
+
+        A row is *settled* once the largest id seen at least ``settle_s`` ago is ≥ its id: every
+        transaction that could still commit a lower id has then finished (PostgreSQL allocates ids
+        before commit, so a higher id can become visible first). The first call of a new syncer has
+        no such observation: with ``wait`` it observes, sleeps ``settle_s`` and goes on; without, it
+        only observes (the background loop's next run picks the rows up).
+        """
         rows: dict[str, int] = {}
         recovered: dict[str, int] = {}
+        caps = {spec.name: self._settled_cap(spec, wait=wait) for spec in TABLES}
         for spec in TABLES:
-            rows[spec.name], rec = self._sync_table(spec)
+            rows[spec.name], rec = self._sync_table(spec, caps[spec.name])
             if rec is not None:
                 recovered[spec.name] = rec
         return SyncResult(rows, recovered)
 
+    def _settled_cap(self, spec: _TableSpec, *, wait: bool) -> int:
+        """The largest id it is safe to sync now (see :meth:`sync`)."""
+        with self.database.session() as s:
+            current = s.scalar(select(func.max(spec.model.id))) or 0
+        settle = self.settle_s
+        if settle <= 0:
+            return current
+        now = self.clock()
+        seen = self._seen.setdefault(spec.name, [])
+        settled = [obs for obs in seen if now - obs[1] >= settle]
+        if not settled and wait and not seen:
+            seen.append((current, now))
+            self.sleep(settle)
+            now = self.clock()
+            settled = [obs for obs in seen if now - obs[1] >= settle]
+        cap = max((i for i, _ in settled), default=0)
+        # keep the newest settled observation and the younger ones; record what is visible now
+        keep = [o for o in seen if now - o[1] < settle]
+        self._seen[spec.name] = ([max(settled)] if settled else []) + keep
+        if not self._seen[spec.name] or current > self._seen[spec.name][-1][0]:
+            self._seen[spec.name].append((current, now))
+        return cap
+
     # -- one table ---------------------------------------------------------------------------------
 
-    def _sync_table(self, spec: _TableSpec) -> tuple[int, int | None]:
+    def _sync_table(self, spec: _TableSpec, cap: int) -> tuple[int, int | None]:
         written, recovered_to = 0, None
         while True:
             table = self.table(spec)  # fresh metadata: commits below assert this snapshot is current
@@ -212,7 +256,7 @@ class IcebergSync:
                             spec.name, committed, watermark)
                 self._set_watermark(spec.name, committed)
                 watermark, recovered_to = committed, committed
-            batch = self._read_batch(spec, watermark)
+            batch = self._read_batch(spec, watermark, cap)
             if not batch:
                 return written, recovered_to
             high = batch[-1]["id"]
@@ -243,12 +287,9 @@ class IcebergSync:
             elif last_id > row.last_id:  # never move backwards
                 row.last_id = last_id
 
-    def _read_batch(self, spec: _TableSpec, after_id: int) -> list[dict[str, Any]]:
+    def _read_batch(self, spec: _TableSpec, after_id: int, cap: int) -> list[dict[str, Any]]:
         model = spec.model
-        stmt = select(model).where(model.id > after_id)
-        if self.settings.settle_s > 0:
-            cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.settings.settle_s)
-            stmt = stmt.where(model.received_at <= cutoff)
+        stmt = select(model).where(model.id > after_id, model.id <= cap)
         stmt = stmt.order_by(model.id).limit(self.settings.batch_size)
         with self.database.session() as s:
             return [spec.to_row(r) for r in s.scalars(stmt)]
@@ -324,7 +365,7 @@ def run_sync_loop(syncer: IcebergSync, stop: threading.Event) -> None:
     """Sync every ``interval_s`` until ``stop`` is set; a failed run is logged and retried, never fatal."""
     while not stop.is_set():
         try:
-            result = syncer.sync()
+            result = syncer.sync(wait=False)  # the first run only observes; the next one syncs
             if result.total:
                 log.info("analytics: appended %s", result.rows)
         except (FleetError, ConfigError, SQLAlchemyError, OSError) as exc:

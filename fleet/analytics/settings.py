@@ -36,9 +36,10 @@ class AnalyticsSettings(BaseSettings):
     batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
     #: seconds between background syncs
     interval_s: float = Field(default=60.0, gt=0, le=86_400)
-    #: only rows received at least this long ago are synced, so a slow ingest transaction that holds a
-    #: lower id cannot commit behind the watermark (PostgreSQL allocates ids before commit)
-    settle_s: float = Field(default=5.0, ge=0, le=3600)
+    #: a row is synced once an id at least as large was visible this long ago, so a slow ingest
+    #: transaction holding a lower id cannot commit behind the watermark (PostgreSQL allocates ids
+    #: before commit); must exceed the longest ingest transaction. Default: 0 on SQLite, 5 s elsewhere
+    settle_s: float | None = Field(default=None, ge=0, le=3600)
 
     def catalog_properties(self, data_dir: Path) -> dict[str, str]:
         """The catalog properties, with the embedded defaults filled in under ``data_dir/analytics``."""

@@ -107,12 +107,42 @@ def test_partitioned_by_day(web_db, tmp_path):
     assert day2.num_rows == 4
 
 
-def test_unsettled_rows_wait(web_db, tmp_path):
-    now = datetime.now(timezone.utc)
-    ingest(web_db, "cam-1", range(3), start=now - timedelta(hours=1), received=now - timedelta(hours=1))
-    ingest(web_db, "cam-1", range(3, 5), start=now, received=now)
+def test_rows_wait_until_settled(web_db, tmp_path):
+    """With a settle time, only ids that were already visible ``settle_s`` ago are synced, so an
+    in-flight transaction holding a lower id can never commit behind the watermark."""
     syncer = IcebergSync(web_db, AnalyticsSettings(settle_s=60), tmp_path)
-    assert syncer.sync().rows["telemetry"] == 3
+    now = [1000.0]
+    syncer.clock = lambda: now[0]
+    syncer.sleep = lambda s: pytest.fail("the background path must not sleep")
+    ingest(web_db, "cam-1", range(3))
+    assert syncer.sync(wait=False).rows["telemetry"] == 0  # observed ids 1..3, none settled yet
+    ingest(web_db, "cam-1", range(3, 5))
+    now[0] += 30
+    assert syncer.sync(wait=False).rows["telemetry"] == 0  # 30 s < 60 s
+    now[0] += 31
+    assert syncer.sync(wait=False).rows["telemetry"] == 3  # the first observation settled: ids ≤ 3
+    now[0] += 61
+    assert syncer.sync(wait=False).rows["telemetry"] == 2
+    assert syncer.sync(wait=False).total == 0
+
+
+def test_one_shot_sync_waits_for_the_settle_time(web_db, tmp_path):
+    syncer = IcebergSync(web_db, AnalyticsSettings(settle_s=2), tmp_path)
+    now, slept = [50.0], []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    syncer.clock, syncer.sleep = (lambda: now[0]), sleep
+    ingest(web_db, "cam-1", range(4))
+    assert syncer.sync().rows["telemetry"] == 4
+    assert slept == [2, 2]  # once per table on a syncer's first run
+
+
+def test_default_settle_depends_on_the_database(web_db, tmp_path):
+    syncer = IcebergSync(web_db, AnalyticsSettings(), tmp_path)
+    assert syncer.settle_s == (0.0 if web_db.url.startswith("sqlite") else 5.0)
 
 
 def test_sync_once_with_a_context(web_db, tmp_path):
