@@ -56,7 +56,7 @@ class Session:
     disconnected: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def subscribe(self, topic: str, timeout: float = 3.0) -> list:
+    def subscribe(self, topic: str, timeout: float = 5.0) -> list:
         """Subscribe and return the SUBACK reason codes."""
         done = threading.Event()
         codes: list = []
@@ -70,7 +70,7 @@ class Session:
         assert done.wait(timeout), f"no SUBACK for {topic}"
         return codes
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False, timeout: float = 3.0) -> int:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, timeout: float = 5.0) -> int:
         """Publish QoS 1 and return the PUBACK reason code value (v5: 135 = not authorised)."""
         done = threading.Event()
         rc: list[int] = []
@@ -84,7 +84,7 @@ class Session:
         assert done.wait(timeout), f"no PUBACK for {topic}"
         return rc[0]
 
-    def wait_for(self, predicate, timeout: float = 2.0) -> bool:
+    def wait_for(self, predicate, timeout: float = 4.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
@@ -102,7 +102,7 @@ class Session:
         self.client.loop_stop()
 
 
-def connect(broker: SecureMosquitto, ident: Identity, client_id: str, timeout: float = 3.0) -> Session | str:
+def connect(broker: SecureMosquitto, ident: Identity, client_id: str, timeout: float = 5.0) -> Session | str:
     """Connect with mTLS; return a :class:`Session`, or a string saying why the connection failed."""
     c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     c.tls_set(
