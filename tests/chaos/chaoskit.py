@@ -255,3 +255,74 @@ class Netns:
     def destroy(self) -> None:
         self._ip("link", "del", self.host_if)
         self._ip("netns", "del", self.name)
+
+
+class FleetProcess:
+    """``edgekit fleet up`` against an external broker, SQLite in ``data_dir``; killable and restartable.
+
+    The admin token is printed once, on the first start; it stays valid across restarts (its hash is in
+    the database)."""
+
+    def __init__(self, workdir: Path, *, broker_url: str, keys_dir: Path, tick_s: float = 0.5):
+        from servers import free_port
+
+        self.workdir = Path(workdir)
+        self.data = self.workdir / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = self.workdir / "fleet.yaml"
+        self.config.write_text(yaml.safe_dump({
+            "data_dir": str(self.data), "broker_url": broker_url, "host": "127.0.0.1", "port": self.port,
+            "public_url": self.url, "public_downloads": True, "tick_interval_s": tick_s,
+            "trusted_keys": [str(keys_dir / "signing.pub")],
+        }))
+        self.log = self.workdir / "fleet.log"
+        self.token: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 60.0) -> FleetProcess:
+        edgekit = str(Path(sys.executable).with_name("edgekit"))
+        self.proc = subprocess.Popen([edgekit, "fleet", "up", "--config", str(self.config)],
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        self.starts += 1
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.token is None:
+                for line in self.log.read_text(errors="replace").splitlines():
+                    if line.startswith("admin token"):
+                        self.token = line.rsplit(" ", 1)[1].strip()
+            if self.token is not None and self._up():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fleet up exited {self.proc.returncode}:\n{self.tail()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"fleet up did not come up in {timeout}s:\n{self.tail()}")
+
+    def _up(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def client(self):
+        from fleet.client import FleetClient
+
+        return FleetClient(self.url, self.token)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
