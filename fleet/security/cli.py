@@ -220,6 +220,24 @@ def revoke_cmd(
         typer.echo(f"{device_id}: {what}; CRL {pki.crl_path} regenerated; {where}")
 
 
+@fleet_security_app.command("reinstate")
+def reinstate_cmd(
+    device_id: str = typer.Argument(..., help="A revoked device that may be provisioned again."),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Allow a revoked device id again (provision it anew); its old certificates stay revoked."""
+    from fleet.security.broker_config import SecureBrokerFiles, apply_revocation
+    from fleet.security.pki import FleetPKI
+
+    with _errors():
+        s = _settings(config, data_dir)
+        pki = FleetPKI.open(_pki_dir(s))
+        pki.reinstate(device_id)
+        apply_revocation(pki, SecureBrokerFiles.in_dir(_broker_dir(s)))  # rewrites the ACL, reloads
+        typer.echo(f"{device_id} may be provisioned again (without --renew); old certificates stay revoked")
+
+
 @keys_app.command("add")
 def keys_add(
     public_key: Path = typer.Argument(..., help="A PEM ed25519 public key (e.g. signing.pub)."),

@@ -486,6 +486,18 @@ class FleetPKI:
             self._write_crl(index)
         return revoked
 
+    def reinstate(self, device_id: str) -> None:
+        """Take a revoked device id off the deny-list so it can be provisioned again, with a new key.
+
+        Its old certificates stay on the CRL for good: only a freshly issued one will be accepted.
+        """
+        with self._locked():
+            index = self._load_index()
+            if device_id not in index.denied:
+                raise ConfigError(f"device {device_id!r} is not revoked")
+            index.denied.remove(device_id)
+            self._save_index(index)
+
     def refresh_crl(self) -> Path:
         """Rewrite ``crl.pem`` from the index (e.g. after restoring a backup)."""
         with self._locked():

@@ -257,3 +257,17 @@ def test_revocation_with_a_stale_pid_file_signals_nobody(tmp_path):
     files.pid_file.write_text("garbage")
     with pytest.raises(FleetError, match="does not hold a pid"):
         apply_revocation(pki, files)
+
+
+def test_reinstate_lifts_the_deny_but_not_the_crl(tmp_path):
+    pki = FleetPKI.init(tmp_path / "pki")
+    old = pki.issue_device("cam-1")
+    pki.revoke("cam-1")
+    with pytest.raises(ConfigError, match="not revoked"):
+        pki.reinstate("cam-2")
+    pki.reinstate("cam-1")
+    assert pki.denied() == []
+    new = pki.issue_device("cam-1")  # a fresh identity, no --renew needed: the old one is dead
+    crl = pki.load_crl()
+    assert crl.get_revoked_certificate_by_serial_number(int(old.serial, 16)) is not None
+    assert crl.get_revoked_certificate_by_serial_number(int(new.serial, 16)) is None

@@ -437,3 +437,21 @@ def test_secure_broker_start_failure_is_a_fleet_error(pki, tmp_path):
         with pytest.raises(FleetError, match="already in use"):
             broker.start(timeout=5)
     assert not broker.running
+
+
+def test_reinstated_device_gets_in_with_a_new_certificate_only(secure_broker, pki, fleet_session, tmp_path):
+    """CRL and deny-list are separate layers: reinstating lifts the ACL deny, never the old serials."""
+    old = _device(pki, "cam-back", tmp_path)
+    secure_broker.revoke("cam-back")
+    pki.reinstate("cam-back")
+    new = save_identity(pki.issue_device("cam-back"), tmp_path / "ids" / "cam-back-new", pki.ca_cert_path)
+    from fleet.security.broker_config import write_acl
+
+    write_acl(pki, secure_broker.files)  # what `edgekit fleet reinstate` does, then the reload
+    secure_broker.reload()
+    _refused_by_tls(secure_broker, old, "cam-back", VERIFY_FAILED)
+    s = connect(secure_broker, new, "cam-back")
+    assert not isinstance(s, str), s
+    assert s.publish("edgekit/v1/cam-back/telemetry", b"back") in ACCEPTED
+    assert fleet_session.wait_for(lambda got: ("edgekit/v1/cam-back/telemetry", b"back") in got)
+    s.close()

@@ -3,6 +3,7 @@ that reaches a running broker through its pid file."""
 
 from __future__ import annotations
 
+import shutil
 import stat
 import subprocess
 import time
@@ -70,6 +71,16 @@ def test_ca_init_provision_renew_revoke(data_dir, tmp_path):
     assert r.exit_code == 1 and "NOT reloaded" in r.output and "Traceback" not in r.output
     r = _run("revoke", "no-such-cam", "--data-dir", str(data_dir))
     assert r.exit_code == 1 and "no certificate was ever issued" in r.output
+
+    (data_dir / "broker" / "mosquitto-secure.pid").unlink()
+    r = _run("reinstate", "cam-1", "--data-dir", str(data_dir))
+    assert r.exit_code == 0, r.output
+    assert "user cam-1" not in (data_dir / "broker" / "acl").read_text()
+    r = _run("reinstate", "cam-1", "--data-dir", str(data_dir))
+    assert r.exit_code == 1 and "is not revoked" in r.output
+    shutil.rmtree(out)
+    r = _run("provision", "cam-1", "--out", str(out), "--trusted-key", str(pub), "--data-dir", str(data_dir))
+    assert r.exit_code == 0, r.output
 
 
 def test_commands_without_a_ca_or_with_bad_input_fail_cleanly(data_dir, tmp_path):
