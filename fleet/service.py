@@ -158,6 +158,10 @@ def serve(settings: FleetSettings, *, announce=print) -> None:
                  f"{ctx.database.engine.url.render_as_string(hide_password=True)}")
         if token:
             announce(f"admin token (shown once, only its hash is stored): {token}")
+        if "127.0.0.1" in (settings.public_url or "") and settings.host in ("0.0.0.0", "::"):
+            log.warning("public_url is %s: devices on other hosts cannot download bundles from it; set "
+                        "public_url (EDGEKIT_FLEET_PUBLIC_URL) to an address the devices can reach",
+                        settings.public_url)
         app = create_app(ctx, public_downloads=settings.public_downloads)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
         server = uvicorn.Server(config)

@@ -376,11 +376,12 @@ class RolloutManager:
     def _adopt_new_devices(self, s: Session, r: Rollout, now: datetime) -> None:
         """Devices that first appeared after the rollout was created and match its selector join it."""
         selector = parse_selector(r.selector)
-        known = set(s.scalars(select(RolloutDevice.device_id)))  # members of any rollout
-        fresh = s.scalars(select(Device).where(Device.first_seen >= r.created_at).order_by(Device.id))
+        in_any_rollout = select(RolloutDevice.id).where(RolloutDevice.device_id == Device.id).exists()
+        fresh = s.scalars(select(Device).where(Device.first_seen >= r.created_at, ~in_any_rollout)
+                          .order_by(Device.id))
         last = len(r.waves) - 1
         for d in fresh:
-            if d.id in known or not selector.matches(d):
+            if not selector.matches(d):
                 continue
             m = self._member(r.id, d, last)
             s.add(m)

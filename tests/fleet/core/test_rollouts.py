@@ -324,3 +324,26 @@ def test_a_rollout_never_passes_without_any_signal(manager, fleet, clock, db, pu
     assert members(db, st.id)[0] == [second]
     assert fleet.version_of(second) == "2.0.0"
     assert "offline" in final.waves[1].gate["note"]
+
+
+def test_desired_state_is_republished_on_request_and_the_adoption_is_newest_first(manager, fleet, clock, db,
+                                                                                   publisher):
+    make_fleet(fleet, 2)
+    st = manager.create(spec(waves="100"))
+    final = run_until(manager, fleet, clock, st.id)
+    assert final.state == "completed"
+    publisher.retained.clear()  # e.g. a broker restarted without persistence lost the retained messages
+    for d in fleet.devices:
+        manager.republish(d)
+    manager.tick()
+    assert {d.bundle.version for d in publisher.retained.values()} == {"2.0.0"}
+    assert len(publisher.retained) == 2
+    # a newer completed rollout of the same devices adopts late joiners, the older one does not
+    st2 = manager.create(spec(bundle="tiny@3.0.0", waves="100"))
+    assert run_until(manager, fleet, clock, st2.id).state == "completed"
+    clock.advance(1)
+    fleet.add("joiner", tags=["line-3"])
+    manager.tick()
+    assert members(db, st2.id)[0].count("joiner") == 1
+    assert "joiner" not in members(db, st.id)[0]
+    assert publisher.retained["joiner"].bundle.version == "3.0.0"
