@@ -139,6 +139,7 @@ def probe(
                 "profile": prof.name,
                 "runtime": rt.name,
                 "load_s": load_s,
+                "size_mb": vb.model_path.stat().st_size / 2**20,
             }
             if golden is not None and golden.outputs:
                 outs = _run_batched(session, golden.inputs)
@@ -153,10 +154,12 @@ def probe(
                 inputs, labels = _load_data(Path(data), vb.manifest)
                 outs = _run_batched(session, inputs)
                 result["accuracy"] = accuracy_of(outs, labels)
-                result["accuracy_source"] = f"data ({int(next(iter(inputs.values())).shape[0])} samples)"
+                result["accuracy_samples"] = int(next(iter(inputs.values())).shape[0])
+                result["accuracy_source"] = f"data ({result['accuracy_samples']} samples)"
             elif golden is not None:
                 result["accuracy"] = result["golden"]["accuracy"] if result["golden"] else None
                 result["accuracy_source"] = f"golden ({golden.count} samples)"
+                result["accuracy_samples"] = golden.count
             else:
                 result["accuracy"], result["accuracy_source"] = None, "none"
             sample = golden.inputs if golden is not None else None

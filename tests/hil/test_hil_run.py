@@ -40,7 +40,8 @@ def budget_bundles(tmp_path_factory, tiny_onnx, signing_keys):
     golden_in.write_bytes(GoldenSet(inputs={"image": x}, outputs={}).to_npz_bytes())
     out = {}
     for name, metrics in {
-        "meets": {"max_p99_ms": 500.0, "p50_ms": 50.0, "throughput_per_s": 10.0, "size_mb": 0.01},
+        "meets": {"max_p99_ms": 500.0, "p50_ms": 50.0, "throughput_per_s": 10.0, "size_mb": 0.01,
+                  "macs": 1000.0},
         "misses": {"accuracy": 1.0, "max_p99_ms": 500.0},
     }.items():
         path = d / f"tiny-{name}.ekb"
@@ -73,11 +74,35 @@ def test_budgets_decide_the_verdict(budget_bundles, signing_keys, capsys):
     code, ok = _json_run(["--bundle", str(budget_bundles["meets"]), *key], capsys)
     assert code == 0 and ok["verdict"] == "pass"
     checks = {c["name"]: c for c in ok["checks"]}
-    assert checks["max_p99_ms"]["passed"] is True and checks["size_mb"]["op"] == "info"
+    assert checks["max_p99_ms"]["passed"] is True and checks["macs"]["op"] == "info"
+    assert checks["size_mb"]["passed"] is True and 0 < checks["size_mb"]["measured"] < 0.01
     code, bad = _json_run(["--bundle", str(budget_bundles["misses"]), *key], capsys)
     assert code == 3 and bad["verdict"] == "fail"
     acc = {c["name"]: c for c in bad["checks"]}["accuracy"]
     assert acc["passed"] is False and acc["measured"] < acc["limit"]
+
+
+def test_judge_reads_budgets_and_allows_for_few_golden_samples(tiny_bundle):
+    from edgekit.bundle import read_manifest
+    from edgekit.profiles import load_profile
+    from hil.verdict import judge
+
+    manifest = read_manifest(tiny_bundle).model_copy(update={"metrics": {"x86-avx2": {
+        "accuracy": 0.9, "min_throughput_per_s": 100.0, "max_p95_ms": 1.0, "peak_rss_mb": 100.0}}})
+    base = {"bundle": "tiny@1.0.0", "runtime": "onnxruntime", "golden": {"passed": True, "max_abs_error": 0.0},
+            "latency": {"p50_ms": 0.5, "p95_ms": 0.9, "p99_ms": 2.0}, "throughput_per_s": 150.0, "peak_rss_mb": 140.0}
+    prof = load_profile("x86-avx2")
+    few = judge(base | {"accuracy": 0.8, "accuracy_source": "golden (8 samples)", "accuracy_samples": 8},
+                manifest, prof, target="t")
+    assert few.verdict == "pass"  # 0.8 >= 0.9 - 2/8
+    many = judge(base | {"accuracy": 0.8, "accuracy_source": "data (500 samples)", "accuracy_samples": 500},
+                 manifest, prof, target="t")
+    assert many.verdict == "fail" and [c.name for c in many.checks if c.passed is False] == ["accuracy"]
+    slow = judge(base | {"accuracy": 0.95, "latency": {"p95_ms": 1.2}, "throughput_per_s": 50.0, "peak_rss_mb": 160.0},
+                 manifest, prof, target="t")
+    assert {c.name for c in slow.checks if c.passed is False} == {"max_p95_ms", "min_throughput_per_s", "peak_rss_mb"}
+    broken = judge(base | {"accuracy": 0.95, "golden": {"passed": False, "max_abs_error": 0.5}}, manifest, prof, target="t")
+    assert broken.verdict == "fail"
 
 
 def test_given_data_replaces_golden_accuracy(budget_bundles, tmp_path, capsys):
@@ -205,3 +230,65 @@ def test_probe_script_imports_only_core_and_runtimes():
             roots.add(node.module.split(".")[0])
     assert roots <= {"__future__", "argparse", "json", "platform", "sys", "tempfile", "time", "pathlib", "typing",
                      "numpy", "edgekit", "runtimes"}, roots
+
+
+@pytest.fixture(scope="module")
+def digits_bundle(tmp_path_factory, signing_keys):
+    """A real digits classifier (scikit-learn logistic regression on ``load_digits``, exported with the onnx
+    helper API, no torch), bundled with 64 held-out golden samples, its measured accuracy as the budget for
+    x86-avx2, and the rest of the held-out set as evaluation data."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    key, _, _ = signing_keys
+    d = tmp_path_factory.mktemp("digits")
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    clf = LogisticRegression(max_iter=2000).fit(xtr, ytr)
+    acc = float(clf.score(xte, yte))
+    w = numpy_helper.from_array(clf.coef_.T.astype(np.float32), "w")
+    b = numpy_helper.from_array(clf.intercept_.astype(np.float32), "b")
+    shape = numpy_helper.from_array(np.array([-1, 64], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["image", "shape"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])],
+        "digits",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[w, b, shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, d / "digits.onnx")
+    images = xte.reshape(-1, 1, 8, 8)
+    golden = d / "golden-in.npz"
+    golden.write_bytes(GoldenSet(inputs={"image": images[:64]}, outputs={}, labels=yte[:64]).to_npz_bytes())
+    eval_npz = d / "eval.npz"
+    np.savez(eval_npz, x=images, y=yte)
+    out = d / "digits-1.0.0.ekb"
+    bundle_from_onnx(d / "digits.onnx", name="digits", version="1.0.0", key=key, out=out, golden_npz=golden,
+                     labels=[str(i) for i in range(10)],
+                     extra={"metrics": {"x86-avx2": {"accuracy": acc, "max_p99_ms": 50.0, "max_peak_rss_mb": 900.0}},
+                            "tolerance": {"atol": 1e-4, "rtol": 1e-4, "min_golden_accuracy": 0.9}})
+    return out, eval_npz, acc
+
+
+@pytest.mark.integration
+def test_digits_bundle_same_verdict_local_and_over_ssh(sshd, digits_bundle, signing_keys, capsys):
+    bundle, eval_npz, acc = digits_bundle
+    _, _, keydir = signing_keys
+    common = ["--bundle", str(bundle), "--profile", "x86-avx2", "--key", str(keydir / "signing.pub"),
+              "--data", str(eval_npz)]
+    ssh = ["--target", sshd.url, "--identity", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts),
+           "--remote-python", sys.executable]
+    local_code, local = _json_run(common, capsys)
+    ssh_code, remote = _json_run([*common, *ssh], capsys)
+    assert (local_code, local["verdict"]) == (ssh_code, remote["verdict"]) == (0, "pass")
+    assert local["measured"]["accuracy"] == pytest.approx(acc) == remote["measured"]["accuracy"]
+    assert local["measured"]["golden"]["accuracy"] >= 0.9
+    assert {c["name"] for c in remote["checks"]} >= {"accuracy", "golden accuracy", "max_p99_ms", "max_peak_rss_mb"}
