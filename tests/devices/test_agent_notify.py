@@ -30,7 +30,7 @@ def test_ready_then_watchdog_only_while_inference_is_alive(tmp_path, agent_facto
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     with sock:
-        agent = agent_factory(bundle=str(bundles["v1"]))
+        agent = agent_factory(bundle=str(bundles["v1"]), ota={"soak_s": 0})
         assert isinstance(agent.notifier, SdNotifier) and agent.notifier.address == path
         sock.settimeout(5)
         assert sock.recv(4096).startswith(b"READY=1\nSTATUS=serving tiny@1.0.0")

@@ -6,8 +6,8 @@ import signal
 import subprocess
 
 import pytest
-from conftest import wait_for
-from crash_harness import AGENT_CMD, served_version
+from agent_crash_harness import AGENT_CMD, served_version
+from agent_testlib import wait_for
 from servers import free_port
 
 from edgekit.cli import main

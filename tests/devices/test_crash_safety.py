@@ -7,8 +7,8 @@ import shutil
 import time
 
 import pytest
-from conftest import MqttRecorder, desired_for, wait_for
-from crash_harness import check_disk, kill_loop, served_version, start, write_config
+from agent_crash_harness import check_disk, kill_loop, served_version, start, write_config
+from agent_testlib import MqttRecorder, desired_for, wait_for
 from servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from fakes import fake_model
+from agent_fakes import fake_model
 
 from devices.agent.batching import DynamicBatcher
 from devices.agent.host import ModelHost, NoModelError

@@ -9,7 +9,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import desired_for, wait_for
+from agent_testlib import desired_for, wait_for
 
 from edgekit.wire import Desired, decode
 

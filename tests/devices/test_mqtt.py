@@ -9,7 +9,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import MqttRecorder, desired_for, wait_for
+from agent_testlib import MqttRecorder, desired_for, wait_for
 
 pytestmark = pytest.mark.integration
 DEV = "cam-1"

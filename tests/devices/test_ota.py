@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import desired_for, sha256, wait_for
+from agent_testlib import desired_for, sha256, wait_for
 
 from devices.agent.config import OtaConfig
 from devices.agent.host import ModelHost

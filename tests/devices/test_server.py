@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from fakes import fake_model
+from agent_fakes import fake_model
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
