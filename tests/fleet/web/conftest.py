@@ -74,7 +74,18 @@ class Stats:
 
 
 @pytest.fixture
-def fleet_ctx(tmp_path, sqlite_db, signing_keys):
+def fleet_db(request, tmp_path):
+    """The fleet context's database: SQLite unless a test asks for ``postgresql`` (indirect param)."""
+    kind = getattr(request, "param", "sqlite")
+    url = f"sqlite:///{tmp_path / 'fleet.db'}" if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    db = Database(url)
+    _create_schema(db)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def fleet_ctx(tmp_path, fleet_db, signing_keys):
     """A FleetContext over real SQLite, a real registry (trusting the test key) and a real rollout manager."""
     from fleet.context import FleetContext
     from fleet.registry import BundleRegistry
@@ -82,16 +93,16 @@ def fleet_ctx(tmp_path, sqlite_db, signing_keys):
     from fleet.settings import FleetSettings
 
     _, _, key_dir = signing_keys
-    settings = FleetSettings(data_dir=tmp_path / "fleet-data", database_url=sqlite_db.url,
+    settings = FleetSettings(data_dir=tmp_path / "fleet-data", database_url=fleet_db.url,
                              trusted_keys=[key_dir / "signing.pub"], port=8080)
     from edgekit.signing import load_public_keys
 
     trusted = load_public_keys(settings.trusted_keys)
-    registry = BundleRegistry(sqlite_db, settings.artifacts, trusted, settings.public_url)
+    registry = BundleRegistry(fleet_db, settings.artifacts, trusted, settings.public_url)
     publisher = RecordingPublisher()
     clock = Clock()
-    rollouts = RolloutManager(sqlite_db, registry, publisher, clock=clock)
-    ctx = FleetContext(settings=settings, database=sqlite_db, registry=registry, rollouts=rollouts,
+    rollouts = RolloutManager(fleet_db, registry, publisher, clock=clock)
+    ctx = FleetContext(settings=settings, database=fleet_db, registry=registry, rollouts=rollouts,
                        publisher=publisher, ingest_stats=Stats(), trusted_keys=trusted)
     ctx.test_clock = clock  # type: ignore[attr-defined]
     return ctx

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+#: run on SQLite and on the real PostgreSQL server (skipped, naming what is missing, without one)
+BOTH_DATABASES = pytest.mark.parametrize(
+    "fleet_db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True)
+
+
 READS = [
     "/api/v1/devices", "/api/v1/devices/x", "/api/v1/overview", "/api/v1/bundles", "/api/v1/bundles/a/1",
     "/api/v1/bundles/a/1/download", "/api/v1/rollouts", "/api/v1/rollouts/r-1", "/api/v1/telemetry/x",
@@ -65,6 +70,7 @@ def test_x_api_token_header_works(client, tokens):
     assert client.get("/api/v1/devices", headers={"X-API-Token": tokens["read"]}).status_code == 200
 
 
+@BOTH_DATABASES
 def test_token_lifecycle_over_the_api(client, admin_h):
     r = client.post("/api/v1/tokens", json={"name": "ci-reader", "scope": "read"}, headers=admin_h)
     assert r.status_code == 201

@@ -8,6 +8,11 @@ import tarfile
 
 import pytest
 
+#: run on SQLite and on the real PostgreSQL server (skipped, naming what is missing, without one)
+BOTH_DATABASES = pytest.mark.parametrize(
+    "fleet_db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True)
+
+
 
 def upload(client, headers, path_or_bytes, name="b.ekb"):
     data = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
@@ -27,6 +32,7 @@ def tamper(src: bytes, member: str, fn) -> bytes:
     return out.getvalue()
 
 
+@BOTH_DATABASES
 def test_good_bundle_accepted_listed_inspected(client, admin_h, read_h, tiny_bundle):
     r = upload(client, admin_h, tiny_bundle, "tiny-1.0.0.ekb")
     assert r.status_code == 201, r.text
@@ -98,6 +104,7 @@ def test_version_conflict_is_409(client, admin_h, tiny_bundle, tmp_path, tiny_on
     assert r.status_code == 409 and "immutable" in r.json()["detail"]
 
 
+@BOTH_DATABASES
 def test_range_download(client, admin_h, read_h, tiny_bundle):
     upload(client, admin_h, tiny_bundle)
     blob = tiny_bundle.read_bytes()

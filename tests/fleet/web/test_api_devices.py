@@ -8,6 +8,11 @@ import pytest
 
 from edgekit import wire
 
+#: run on SQLite and on the real PostgreSQL server (skipped, naming what is missing, without one)
+BOTH_DATABASES = pytest.mark.parametrize(
+    "fleet_db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True)
+
+
 
 @pytest.fixture
 def fleet3(feed, fleet_ctx):
@@ -65,6 +70,7 @@ def test_detail_and_404(client, read_h, fleet3):
     assert r.status_code == 404 and "no device 'nope'" in r.json()["detail"]
 
 
+@BOTH_DATABASES
 def test_edit_tags_and_group_is_audited(client, admin_h, read_h, fleet3):
     r = client.patch("/api/v1/devices/cam-2", json={"add_tags": ["canary"], "remove_tags": ["lab"], "group": "eu"},
                      headers=admin_h)
@@ -99,6 +105,7 @@ def test_malformed_json_is_422(client, admin_h, fleet3):
     assert r.status_code == 422
 
 
+@BOTH_DATABASES
 def test_telemetry_series_and_events(client, read_h, feed, fleet3, fleet_ctx):
     t0 = fleet_ctx.test_clock()
     feed(*[
@@ -127,6 +134,7 @@ def test_telemetry_series_and_events(client, read_h, feed, fleet3, fleet_ctx):
     assert bad.status_code == 422 and "since" in bad.json()["detail"]
 
 
+@BOTH_DATABASES
 def test_bucketed_series_for_long_windows(client, read_h, feed, fleet3, fleet_ctx):
     t0 = fleet_ctx.test_clock().replace(second=0, microsecond=0)
     feed(*[

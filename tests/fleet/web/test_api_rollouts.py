@@ -7,6 +7,11 @@ import pytest
 
 from edgekit import wire
 
+#: run on SQLite and on the real PostgreSQL server (skipped, naming what is missing, without one)
+BOTH_DATABASES = pytest.mark.parametrize(
+    "fleet_db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True)
+
+
 V1 = wire.ModelRef(name="tiny", version="1.0.0")
 V2 = wire.ModelRef(name="tiny", version="2.0.0")
 DEVICES = ["cam-1", "cam-2", "cam-3", "cam-4"]
@@ -58,6 +63,7 @@ def create(client, h, **kw):
     return client.post("/api/v1/rollouts", json=body, headers=h)
 
 
+@BOTH_DATABASES
 def test_rollout_succeeds_across_waves(client, admin_h, read_h, fleet, feed, fleet_ctx):
     r = create(client, admin_h)
     assert r.status_code == 201, r.text
@@ -94,6 +100,7 @@ def test_rollout_succeeds_across_waves(client, admin_h, read_h, fleet, feed, fle
         assert bad.status_code == 409 and "completed" in bad.json()["detail"], verb
 
 
+@BOTH_DATABASES
 def test_latency_regression_halts_and_rolls_back_first_wave(client, admin_h, read_h, fleet, feed, fleet_ctx):
     rid = create(client, admin_h, max_p95_regression=0.2).json()["id"]
     ctx, clock = fleet_ctx, fleet_ctx.test_clock
@@ -115,6 +122,7 @@ def test_latency_regression_halts_and_rolls_back_first_wave(client, admin_h, rea
     assert all(client.get(f"/api/v1/devices/{d}", headers=read_h).json()["desired"] is None for d in untouched)
 
 
+@BOTH_DATABASES
 def test_pause_resume_abort_and_audit(client, admin_h, read_h, fleet, fleet_ctx):
     rid = create(client, admin_h).json()["id"]
     fleet_ctx.rollouts.tick()
