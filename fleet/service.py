@@ -108,7 +108,10 @@ class FleetService:
                 log.warning("no trusted signing keys configured: every bundle upload will be refused "
                             "(set trusted_keys or put *.pub files in %s)", s.data_dir / "trusted-keys")
             self.ingest = Ingest(s, ctx.database, stats=ctx.ingest_stats, on_batch=self._on_batch).start()
-            self.ticker = RolloutTicker(ctx.rollouts, s.tick_interval_s).start()
+            if s.rollout_ticker:
+                self.ticker = RolloutTicker(ctx.rollouts, s.tick_interval_s).start()
+            else:
+                log.info("rollout ticker disabled here (rollout_ticker: false): another replica runs rollouts")
         except BaseException:
             self.stop()
             raise

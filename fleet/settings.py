@@ -55,10 +55,12 @@ class FleetSettings(BaseSettings):
     trusted_keys: list[Path] = Field(default_factory=list)
     #: MQTT shared-subscription group; replicas of the fleet in one group split the ingest load
     shared_group: str = Field(default="edgekit-fleet", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: run the rollout state machine in this process; with several replicas, enable it in exactly one
+    rollout_ticker: bool = True
     #: how often the rollout state machine is ticked
     tick_interval_s: float = Field(default=2.0, gt=0, le=3600)
     #: ingest writer: flush when this many messages are queued, or after this many seconds
-    ingest_batch_size: int = Field(default=500, ge=1, le=100_000)
+    ingest_batch_size: int = Field(default=500, ge=1, le=10_000)
     ingest_flush_s: float = Field(default=0.2, gt=0, le=60)
     #: a device's desired state that was not installed after this long counts as an install failure
     install_timeout_s: float = Field(default=600.0, gt=0)

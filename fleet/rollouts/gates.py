@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet.db.models import Event, Rollout, RolloutDevice, RolloutWave, Telemetry
+from fleet.db.util import chunked
 
 __all__ = ["BASELINE_ROWS", "GateResult", "evaluate_gate"]
 
@@ -100,12 +101,13 @@ def evaluate_gate(s: Session, rollout: Rollout, wave: RolloutWave, members: list
     start = wave.soak_started_at or wave.started_at
     new_rows: list[Telemetry] = []
     if ids and start is not None:
-        new_rows = list(s.scalars(select(Telemetry).where(
-            Telemetry.device_id.in_(ids),
-            Telemetry.model_name == rollout.bundle_name,
-            Telemetry.model_version == rollout.bundle_version,
-            Telemetry.ts >= start,
-        )))
+        for part in chunked(ids):
+            new_rows.extend(s.scalars(select(Telemetry).where(
+                Telemetry.device_id.in_(part),
+                Telemetry.model_name == rollout.bundle_name,
+                Telemetry.model_version == rollout.bundle_version,
+                Telemetry.ts >= start,
+            )))
     m["telemetry_rows"] = len(new_rows)
 
     requests = sum(t.requests for t in new_rows)
@@ -148,14 +150,16 @@ def evaluate_gate(s: Session, rollout: Rollout, wave: RolloutWave, members: list
             f"mean confidence dropped {c_old:.3f} → {c_new:.3f} (> {rollout.max_confidence_drop:.2f}): drift"
         )
 
-    alarms = 0
+    alarmed: set[str] = set()
     if ids and start is not None:
-        alarms = s.scalar(select(func.count(func.distinct(Event.device_id))).where(
-            Event.device_id.in_(ids),
-            Event.kind.like("drift%"),
-            Event.level.in_(("warning", "error")),
-            Event.ts >= start,
-        )) or 0
+        for part in chunked(ids):
+            alarmed.update(s.scalars(select(Event.device_id).distinct().where(
+                Event.device_id.in_(part),
+                Event.kind.like("drift%"),
+                Event.level.in_(("warning", "error")),
+                Event.ts >= start,
+            )))
+    alarms = len(alarmed)
     m["drift_alarm_devices"] = alarms
     if installed and alarms / len(installed) > rollout.max_failure_rate:
         result.reasons.append(f"drift alarms from {alarms}/{len(installed)} devices")

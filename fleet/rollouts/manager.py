@@ -39,6 +39,7 @@ from edgekit.errors import FleetError, RolloutError
 from edgekit.wire import BundleRef, Desired
 from fleet.db.base import Database
 from fleet.db.models import Device, Event, Rollout, RolloutDevice, RolloutWave
+from fleet.db.util import chunked
 from fleet.mqtt import DesiredPublisher
 from fleet.registry import BundleNotFoundError, BundleRegistry, parse_bundle_ref
 from fleet.rollouts.gates import evaluate_gate
@@ -401,12 +402,12 @@ class RolloutManager:
             RolloutDevice.rollout_id == r.id, RolloutDevice.state.in_(states)))]
         if not members:
             return
-        devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_([m.device_id for m in members])))}
+        devices = {d.id: d for d in s.scalars(
+            select(Device).join(RolloutDevice, RolloutDevice.device_id == Device.id)
+            .where(RolloutDevice.rollout_id == r.id, RolloutDevice.state.in_(states)))}
         failures = {
             e.device_id: e
-            for e in s.scalars(select(Event).where(
-                Event.rollout_id == r.id, Event.kind.in_(_FAILURE_EVENTS),
-                Event.device_id.in_([m.device_id for m in members])))
+            for e in s.scalars(select(Event).where(Event.rollout_id == r.id, Event.kind.in_(_FAILURE_EVENTS)))
         }
         for m in members:
             d = devices.get(m.device_id)
@@ -519,15 +520,17 @@ class RolloutManager:
 
     @staticmethod
     def _online(s: Session, ids: list[str]) -> list[str]:
-        if not ids:
-            return []
-        return list(s.scalars(select(Device.id).where(Device.id.in_(ids), Device.online.is_(True))))
+        out: list[str] = []
+        for part in chunked(ids):
+            out.extend(s.scalars(select(Device.id).where(Device.id.in_(part), Device.online.is_(True))))
+        return out
 
     @staticmethod
     def _busy_devices(s: Session, ids: list[str]) -> dict[str, str]:
+        wanted = set(ids)
         rows = s.execute(
             select(RolloutDevice.device_id, Rollout.id)
             .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
-            .where(Rollout.state.in_(ACTIVE_STATES), RolloutDevice.device_id.in_(ids))
+            .where(Rollout.state.in_(ACTIVE_STATES))
         )
-        return {d: r for d, r in rows}
+        return {d: r for d, r in rows if d in wanted}
