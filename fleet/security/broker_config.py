@@ -31,8 +31,8 @@ loudly, in the file and in the log line the caller is expected to print.
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,10 +113,11 @@ def render_acl(denied: list[str] | tuple[str, ...] = (), *, fleet_identity: str 
 
 def _broker_user() -> str:
     # mosquitto started as root drops to user 'mosquitto', which cannot read the 0600 server key owned
-    # by the fleet manager; it runs as the fleet manager's own user instead (ignored when not root).
+    # by the fleet manager; it runs as the fleet manager's own (effective) user instead. Ignored when
+    # not root. Not getpass.getuser(): that trusts $USER/$LOGNAME, which sudo and su may leave behind.
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
         return "root" if os.geteuid() == 0 else "mosquitto"
 
 
