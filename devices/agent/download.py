@@ -20,7 +20,15 @@ __all__ = ["DownloadError", "Downloader"]
 
 
 class DownloadError(AgentError):
-    """A bundle could not be fetched, or what arrived is not what was announced."""
+    """A bundle could not be fetched, or what arrived is not what was announced.
+
+    ``transient``: worth retrying later (network, server status, disk); otherwise the announced
+    artifact itself is wrong (size or hash mismatch, over the limit) and retrying cannot help.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass
@@ -56,7 +64,7 @@ class Downloader:
         try:
             with self._client() as client, client.stream("GET", url) as resp:
                 if resp.status_code != 200:
-                    raise DownloadError(f"GET {url} answered HTTP {resp.status_code}")
+                    raise DownloadError(f"GET {url} answered HTTP {resp.status_code}", transient=True)
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > self.max_bytes:
                     raise DownloadError(f"server announces {declared} bytes, over the {self.max_bytes}-byte limit")
@@ -73,10 +81,10 @@ class Downloader:
                     os.fsync(fh.fileno())
         except httpx.HTTPError as exc:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"download of {url} failed: {type(exc).__name__}: {exc}") from exc
+            raise DownloadError(f"download of {url} failed: {type(exc).__name__}: {exc}", transient=True) from exc
         except OSError as exc:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"cannot write {part}: {exc}") from exc
+            raise DownloadError(f"cannot write {part}: {exc}", transient=True) from exc
         except BaseException:
             part.unlink(missing_ok=True)
             raise

@@ -33,7 +33,7 @@ from edgekit.wire import Desired, GoldenResult, ModelRef, Reported, decode
 from runtimes import Runtime, runtime_for_profile
 
 from .config import OtaConfig
-from .download import Downloader
+from .download import Downloader, DownloadError
 from .health import golden_check, warm_up
 from .host import LoadedModel, ModelHost
 from .slots import SlotName, SlotPointer, SlotRecord, SlotStore
@@ -125,6 +125,9 @@ class OtaManager:
         self._retry_at = 0.0
         self._retry_delay = 0.0
         self._last_failure_transient = False
+        # (rollout_id, generation) of the last desired state acted upon when it did not end installed;
+        # reported so the fleet sees its request answered (installed ones are persisted in the pointer)
+        self._answered: tuple[str | None, int] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,9 +148,10 @@ class OtaManager:
         def ref(r: SlotRecord | None) -> ModelRef | None:
             return ModelRef(name=r.name, version=r.version) if r else None
 
+        rollout_id, generation = self._answered or (ptr.rollout_id, ptr.generation)
         return Reported(
             device_id=self.device_id or "local", active=ref(ptr.active), previous=ref(ptr.previous),
-            ota_state=self.state, rollout_id=ptr.rollout_id, generation=ptr.generation,
+            ota_state=self.state, rollout_id=rollout_id, generation=generation,
             golden=self.golden, last_error=self.last_error,
         )
 
@@ -303,6 +307,7 @@ class OtaManager:
             ptr = self._read_pointer()
             key = (d.bundle.sha256, d.generation)
             if ptr.active is not None and ptr.active.sha256 == d.bundle.sha256:
+                self._answered = None
                 if ptr.generation != d.generation or ptr.rollout_id != d.rollout_id:
                     ptr.generation, ptr.rollout_id = d.generation, d.rollout_id
                     self.slots.write(ptr)
@@ -313,6 +318,7 @@ class OtaManager:
             if d.bundle.sha256 in ptr.failed:
                 if self._handled != key:
                     self._handled = key
+                    self._answered = (d.rollout_id, d.generation)
                     self._event("ota.skipped", f"{d.bundle.name}@{d.bundle.version} failed its checks here before; "
                                 "not retried", level="warning", rollout_id=d.rollout_id)
                     self._set_state("failed", ptr)
@@ -396,13 +402,19 @@ class OtaManager:
             reason = f"{step} failed: {exc}"
             # A download can fail for passing reasons (network, server): retried later. A bundle that
             # arrived and failed verification or its checks is remembered and never retried.
-            self._last_failure_transient = step == "downloading"
-            if not self._last_failure_transient:
-                with self._lock:
-                    ptr = self._read_pointer()
-                    if sha not in ptr.failed:
-                        ptr.failed = [*ptr.failed, sha][-32:]
-                    self.slots.write(ptr)
+            self._last_failure_transient = isinstance(exc, DownloadError) and exc.transient
+            if self._last_failure_transient:
+                self._event("ota.download_failed", reason, level="warning", rollout_id=rollout_id,
+                            error=type(exc).__name__)
+                self.slots.clear(slot)
+                self._set_state("failed" if self.host.current is None else "rolled_back", error=reason)
+                return False
+            self._answered = (rollout_id, generation)
+            with self._lock:
+                ptr = self._read_pointer()
+                if sha not in ptr.failed:
+                    ptr.failed = [*ptr.failed, sha][-32:]
+                self.slots.write(ptr)
             self.slots.clear(slot)
             self._event("ota.failed", reason, level="error", rollout_id=rollout_id, step=step,
                         error=type(exc).__name__)
@@ -425,6 +437,7 @@ class OtaManager:
             self.slots.write(new)
             self.golden = golden
             self.last_error = None
+            self._answered = None
             self._serve(model)
         self._event("ota.switch", f"now serving {model.manifest.ref} from slot {slot}", rollout_id=rollout_id,
                     previous=f"{ptr.active.name}@{ptr.active.version}" if ptr.active else None)

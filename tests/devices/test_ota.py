@@ -117,6 +117,7 @@ def test_failed_golden_check_rolls_back_with_events(make_ota, bundles, file_serv
     assert "ota.rollback" in rec.kinds()
     rep = rec.reported[-1]
     assert rep.ota_state == "rolled_back" and "checking failed" in rep.last_error
+    assert (rep.rollout_id, rep.generation) == ("r1", 1), "the fleet must see its request answered"
     assert ota.slots.read().active.version == "1.0.0"
     # The same bundle again is not retried.
     n = len(rec.events)
@@ -155,7 +156,7 @@ def test_tampered_bundle_is_refused(make_ota, bundles, file_server, tmp_path):
     rec.events.clear()
     d2 = decode("desired", desired_for(DEVICE, bundles["v2"], _publish(file_server, bad, "swapped.ekb")), Desired)
     ota.converge(d2)
-    assert "does not match the announced" in rec.message("ota.failed")
+    assert "does not match the announced" in rec.message("ota.failed")  # a wrong artifact: not retried
 
 
 @pytest.mark.parametrize(
@@ -247,7 +248,8 @@ def test_failed_download_is_retried_with_backoff_not_blacklisted(make_ota, bundl
     url = file_server.url("later.ekb")  # not there yet: HTTP 404
     ota.handle_desired(desired_for(DEVICE, bundles["v2"], url))
     wait_for(lambda: "ota.retry" in rec.kinds(), 10, what="a scheduled retry")
-    assert "HTTP 404" in rec.message("ota.failed")
+    assert "HTTP 404" in rec.message("ota.download_failed")
+    assert "ota.failed" not in rec.kinds(), "a passing network problem is not a failed bundle"
     assert sha256(bundles["v2"]) not in ota.slots.read().failed
     assert ota.host.current.version == "1.0.0"
     shutil.copyfile(bundles["v2"], file_server.root / "later.ekb")
