@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 ACTIVE_STATES = ("running", "paused")
 FINAL_STATES = ("completed", "halted", "aborted")
 #: events (with this rollout's id) that mean an install failed on the device
-_FAILURE_EVENTS = ("ota.failed", "ota.rollback", "ota.rolled_back", "health.failed", "golden.failed")
+_FAILURE_EVENTS = ("ota.failed", "ota.rollback", "ota.rolled_back", "ota.skipped", "desired.rejected",
+                   "health.failed", "golden.failed")
 _INSTALLED_STATES = ("installed", "idle")
 _FAILED_STATES = ("failed", "rolled_back")
 

@@ -136,3 +136,31 @@ def test_decode_message_rejects_foreign_topics():
     with pytest.raises(WireError, match="desired"):
         decode_message("edgekit/v1/x/desired", b"{}", 0.0)
     assert decode_message("edgekit/v1/x/status", b"", 0.0) is None
+
+
+def test_database_errors_are_retried_without_losing_messages(mosquitto, settings, db, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    import fleet.ingest as ingest_mod
+
+    real = ingest_mod.store_batch
+    failures = [2]
+
+    def flaky(session, batch):
+        if failures[0]:
+            failures[0] -= 1
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return real(session, batch)
+
+    monkeypatch.setattr(ingest_mod, "store_batch", flaky)
+    with Ingest(settings, db) as ing:
+        c = publisher(mosquitto)
+        for seq in range(1, 21):
+            c.publish(wire.topic("cam-5", "telemetry"), wire.encode(wire.Telemetry(device_id="cam-5", seq=seq)), qos=1)
+        assert wait_for(lambda: ing.stats.received >= 20)
+        assert ing.wait_idle()
+        assert ing.stats.db_errors == 2 and "database is locked" in ing.stats.last_error
+        c.loop_stop()
+        c.disconnect()
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Telemetry)) == 20

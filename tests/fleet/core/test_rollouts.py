@@ -347,3 +347,15 @@ def test_desired_state_is_republished_on_request_and_the_adoption_is_newest_firs
     assert members(db, st2.id)[0].count("joiner") == 1
     assert "joiner" not in members(db, st.id)[0]
     assert publisher.retained["joiner"].bundle.version == "3.0.0"
+
+
+def test_a_rejected_desired_state_counts_as_an_install_failure(manager, fleet, clock, db):
+    make_fleet(fleet, 4)
+    st = manager.create(spec(waves="50,100"))
+    manager.tick()
+    victim = members(db, st.id)[0][0]
+    fleet.event(victim, "desired.rejected", level="warning", rollout_id=st.id,
+                message="bundle URL is not under an allowed prefix")
+    manager.tick()
+    final = manager.status(st.id)
+    assert final.state == "halted" and "desired.rejected" in final.reason
