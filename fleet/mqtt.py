@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from typing import Protocol
 
@@ -70,7 +71,7 @@ def connect_client(client: mqtt.Client, settings: FleetSettings, *, timeout: flo
 class MqttDesiredPublisher:
     """Publishes retained desired state (QoS 1) and waits for the broker to acknowledge it."""
 
-    def __init__(self, settings: FleetSettings, *, ack_timeout: float = 10.0):
+    def __init__(self, settings: FleetSettings, *, ack_timeout: float = 30.0):
         self.settings = settings
         self.ack_timeout = ack_timeout
         self._client: mqtt.Client | None = None
@@ -102,6 +103,31 @@ class MqttDesiredPublisher:
             raise FleetError(f"publishing desired state of {device_id} failed: {exc}") from exc
         if not info.is_published():
             raise FleetError(f"broker did not acknowledge desired state of {device_id} within {self.ack_timeout}s")
+
+    def publish_many(self, items: list[tuple[str, Desired | None]]) -> set[str]:
+        """Publish several desired states pipelined (all sent, then acknowledgements awaited).
+
+        Returns the device ids the broker acknowledged; the others stay in the outbox for a retry.
+        """
+        if self._client is None:
+            raise FleetError("desired-state publisher is not started")
+        sent = []
+        with self._lock:
+            for device_id, desired in items:
+                payload = encode(desired) if desired is not None else b""
+                info = self._client.publish(topic(device_id, "desired"), payload, qos=1, retain=True)
+                if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                    sent.append((device_id, info))
+        acked: set[str] = set()
+        deadline = time.monotonic() + self.ack_timeout
+        for device_id, info in sent:
+            try:
+                info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                continue
+            if info.is_published():
+                acked.add(device_id)
+        return acked
 
     def __enter__(self) -> MqttDesiredPublisher:
         return self.start()

@@ -483,6 +483,9 @@ class RolloutManager:
         with self.database.session() as s:
             pending = [(d.id, d.desired, d.desired_generation) for d in
                        s.scalars(select(Device).where(Device.desired_published.is_(False)))]
+        many = getattr(self.publisher, "publish_many", None)
+        if many is not None and pending:
+            return self._flush_pipelined(many, pending)
         for device_id, payload, generation in pending:
             try:
                 desired = Desired.model_validate(payload) if payload else None
@@ -496,6 +499,27 @@ class RolloutManager:
                     d.desired_published = True
             sent += 1
         return sent
+
+    def _flush_pipelined(self, many, pending: list[tuple[str, dict | None, int]]) -> int:
+        acked_total = 0
+        for part in chunked(pending, 1000):
+            items = [(d, Desired.model_validate(p) if p else None) for d, p, _ in part]
+            try:
+                acked = many(items)
+            except FleetError as exc:
+                log.warning("desired state of %d device(s) not published yet: %s", len(part), exc)
+                return acked_total
+            with self.database.session() as s:
+                for device_id, _, generation in part:
+                    if device_id in acked:
+                        d = s.get(Device, device_id)
+                        if d is not None and d.desired_generation == generation:
+                            d.desired_published = True
+            acked_total += len(acked)
+            if len(acked) < len(part):
+                log.warning("broker acknowledged %d of %d desired states; the rest is retried",
+                            len(acked), len(part))
+        return acked_total
 
     # -- helpers --------------------------------------------------------------------------------
     @staticmethod

@@ -359,3 +359,28 @@ def test_a_rejected_desired_state_counts_as_an_install_failure(manager, fleet, c
     manager.tick()
     final = manager.status(st.id)
     assert final.state == "halted" and "desired.rejected" in final.reason
+
+
+def test_pipelined_outbox_retries_what_the_broker_did_not_acknowledge(db, registry, fleet, clock, publisher):
+    class Lossy(type(publisher)):
+        """Publishes many at once; the first call's second half is never acknowledged."""
+
+        calls = 0
+
+        def publish_many(self, items):
+            Lossy.calls += 1
+            keep = items if Lossy.calls > 1 else items[: len(items) // 2]
+            for device_id, desired in keep:
+                self.publish(device_id, desired)
+            return {d for d, _ in keep}
+
+    lossy = Lossy()
+    make_fleet(fleet, 4)
+    manager = RolloutManager(db, registry, lossy, clock=clock)
+    manager.create(spec(waves="100"))
+    manager.tick()
+    assert len(lossy.retained) == 2
+    manager.tick()
+    assert len(lossy.retained) == 4 and Lossy.calls == 2
+    manager.tick()
+    assert Lossy.calls == 2, "nothing left to publish"
