@@ -41,14 +41,13 @@ def file_server(tmp_path):
 
 @pytest.fixture
 def durable_broker(tmp_path):
-    """A mosquitto that keeps sessions across restarts (persistence on), for outage tests."""
-    from servers import MOSQUITTO, MosquittoServer
+    """A mosquitto that keeps sessions and queued messages across restarts (hil.broker, persistent), so a
+    subscriber with a durable session misses nothing while the broker is down."""
+    from hil.broker import LocalMosquitto, mosquitto_binary
 
-    if MOSQUITTO is None:
+    if mosquitto_binary() is None:
         pytest.skip("mosquitto binary not installed (apt-get install mosquitto)")
-    d = tmp_path / "durable-mosquitto"
-    d.mkdir()
-    broker = MosquittoServer(d, extra_config=f"persistence true\npersistence_location {d}/\n")
+    broker = LocalMosquitto(tmp_path / "durable-mosquitto", persistent=True)
     broker.start()
     yield broker
     broker.stop()
