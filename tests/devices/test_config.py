@@ -65,3 +65,13 @@ def test_missing_file_and_bad_env(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_AGENT_SERVER__PORT", "not-a-number")
     with pytest.raises(ConfigError, match="server.port"):
         load_config(None)
+
+
+def test_the_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    import devices.agent
+
+    example = Path(devices.agent.__file__).parent / "agent.example.yaml"
+    cfg = load_config(example)
+    assert cfg.mqtt.device_id == "cam-0001" and cfg.ota.soak_s == 60 and not cfg.batching.enabled
