@@ -89,6 +89,7 @@ def load_data(source: str | Path, specs: list[TensorSpec], *, val_fraction: floa
     else:
         raise ConfigError(f"data {text!r}: not an .npz file, an image folder or a 'module:function' reference")
     if val is None:
+        _check(train, specs, f"data {text}")
         train, val = _split(train, val_fraction, seed)
     for name, s in (("training", train), ("validation", val)):
         _check(s, specs, f"data {text} ({name} set)")

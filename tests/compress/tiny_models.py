@@ -149,3 +149,22 @@ def token_data(n: int = 256, seq: int = 12, vocab: int = 32, seed: int = 0):
     for i in np.where(y == 1)[0]:
         ids[i, rng.integers(0, lengths[i])] = 7
     return ids, mask, y.astype(np.int64)
+
+
+class Spectral(nn.Module):
+    """Calls an operator ONNX has no equivalent for (a symmetric eigen-decomposition)."""
+
+    def forward(self, x):
+        g = x.flatten(2) @ x.flatten(2).transpose(1, 2)
+        return torch.linalg.eigvalsh(g)
+
+
+class Unexportable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.spectral = Spectral()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(self.spectral(self.conv(x)))

@@ -82,30 +82,56 @@ def _export_once(model, args, path: Path, art: Artifact, cfg: ExportConfig, expo
 _OP = re.compile(r"(aten::[A-Za-z0-9_]+|aten\.[A-Za-z0-9_]+|prim::[A-Za-z0-9_]+)")
 
 
+def _norm(name: str) -> str:
+    return name.split("::")[-1].split(".")[0].lstrip("_")
+
+
 def locate_failure(model: nn.Module, args: tuple, message: str) -> str:
-    """Name the operator (from the exporter's message) and the sub-module that calls it."""
+    """Name the operator (from the exporter's message) and the sub-module that calls it.
+
+    The model runs once eagerly under a function-level and a dispatch-level spy while forward hooks
+    track the current sub-module; the first call whose name matches the failing operator names it.
+    """
     m = _OP.search(message)
     op = m.group(1).replace("aten.", "aten::") if m else None
     if op is None or not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         return f"operator {op}" if op else ""
+    from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    target = _norm(op)
     stack: list[str] = []
     found: list[str] = []
     names = {mod: name for name, mod in model.named_modules()}
 
-    class _Spy(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, a=(), kw=None):
-            if not found and str(func._schema.name) == op and stack:
-                found.append(stack[-1])
+    def seen(*candidates: str) -> None:
+        if not found and stack and any(_norm(c) == target for c in candidates if c):
+            found.append(stack[-1])
+
+    class _Functions(TorchFunctionMode):
+        def __torch_function__(self, func, types, a=(), kw=None):
+            name = getattr(func, "__name__", "")
+            prefix = (getattr(func, "__module__", "") or "").split(".")[-1]
+            seen(name, f"{prefix}_{name}")
             return func(*a, **(kw or {}))
+
+    class _Dispatch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, a=(), kw=None):
+            seen(str(func._schema.name))
+            return func(*a, **(kw or {}))
+
+    def enter(m_, _inputs) -> None:
+        stack.append(names[m_])
+
+    def leave(_m, _inputs, _output) -> None:  # must return None: a value would replace the output
+        stack.pop()
 
     hooks = []
     for mod in names:
-        hooks.append(mod.register_forward_pre_hook(lambda m_, _i: stack.append(names[m_])))
-        hooks.append(mod.register_forward_hook(lambda m_, _i, _o: stack.pop()))
+        hooks.append(mod.register_forward_pre_hook(enter))
+        hooks.append(mod.register_forward_hook(leave))
     try:
-        with torch.no_grad(), _Spy():
+        with torch.no_grad(), _Functions(), _Dispatch():
             model(*args)
     except Exception:  # naming is best effort; the export error is what matters
         pass
