@@ -1,0 +1,16 @@
+"""The edgekit fleet manager: MQTT ingest, bundle registry, health-gated rollouts, HTTP API, analytics.
+
+One module, one job:
+
+- ``settings``   ``FleetSettings`` (defaults < ``EDGEKIT_FLEET_*`` < ``--config`` YAML < CLI options)
+- ``db``         tables (``models``, fleet-web's ``web_models``), ``migrate.upgrade`` (alembic)
+- ``broker``     the broker fleet-in-a-box starts (mosquitto child, amqtt fallback for trials)
+- ``ingest``     MQTT subscriber → queue → batch writer (``store``), de-duplicated by (device, seq)
+- ``registry``   verified bundle uploads, content-addressed store, download URLs; ``selectors``
+- ``rollouts``   the persisted wave state machine (``manager``), its ``spec`` and health ``gates``
+- ``mqtt``       the retained desired-state publisher; ``context`` the ``FleetContext`` of a running fleet
+- ``service``    wires and runs everything (``edgekit fleet up``); ``cli`` + ``client`` the commands
+- ``api``, ``auth``, ``audit``, ``dashboard``, ``analytics``: the HTTP side and the Iceberg sync
+
+Nothing is created at import; the agent side never imports this package.
+"""
