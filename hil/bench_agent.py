@@ -451,6 +451,119 @@ def bench_outage(tmp: Path, bundle: Path, pub: Path, *, outage_s: float = 60.0, 
             "pass": not lost and evicted == 0 and replayed >= 0.8 * outage_s / interval and order_ok}
 
 
+# -- 5. (optional) crash soak -------------------------------------------------------------------------
+def crash_soak(tmp: Path, v1: Path, v2: Path, pub: Path, *, kills: int, seed: int = 0) -> dict:
+    """The long variant of tests/devices/test_crash_safety.py: SIGKILL the agent ``kills`` times at random
+    points while the desired bundle flips between v1 and v2; after every kill the active slot must verify."""
+    import random
+    import tempfile as tf
+
+    from devices.agent.slots import SlotStore
+    from edgekit.bundle import verify_bundle
+    from edgekit.signing import load_public_key
+
+    rng = random.Random(seed)
+    www = tmp / "crash-www"
+    www.mkdir()
+    for b in (v1, v2):
+        shutil.copyfile(b, www / b.name)
+    files = _FileServer(www)
+    broker = LocalMosquitto(tmp / "crash-broker").start()
+    device = "bench-crash"
+    sub = _Subscriber(broker, device)
+    state, port = tmp / "crash" / "state", free_port()
+    cfg = tmp / "crash" / "agent.yaml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(json.dumps({
+        "state_dir": str(state), "profile": "x86-avx2", "bundle": str(v1), "runtime_threads": 1,
+        "server": {"port": port},
+        "mqtt": {"url": broker.url, "device_id": device, "telemetry_interval_s": 0.5},
+        "ota": {"trusted_keys": [str(pub)], "soak_s": 1.0, "max_boot_attempts": 100},
+    }))
+    log = cfg.parent / "agent.log"
+    trusted = [load_public_key(pub)]
+
+    def start() -> subprocess.Popen:
+        with open(log, "ab") as fh:
+            return subprocess.Popen([*AGENT_CMD, "--config", str(cfg)], stdout=fh, stderr=subprocess.STDOUT)
+
+    def served() -> str | None:
+        status, raw = Client(port).post("/v2/models/digits/infer", _body("x", np.zeros((1, 64), np.float32)))
+        if status == -1:
+            return None
+        if status != 200:
+            raise AssertionError(f"agent answered {status}: {raw[:200]!r}")
+        return json.loads(raw)["model_version"]
+
+    def on_disk() -> str:
+        store = SlotStore(state)
+        ptr = store.read()
+        assert ptr.active is not None, "no active slot after a kill"
+        with tf.TemporaryDirectory() as t:
+            vb = verify_bundle(store.bundle_path(ptr.active.slot), trusted, Path(t) / "x")
+        assert vb.manifest.version == ptr.active.version
+        return vb.manifest.version
+
+    def desire(i: int) -> None:
+        b = v2 if i % 2 == 0 else v1
+        sub.publish("desired", _desired(device, b, f"http://127.0.0.1:{files.port}/{b.name}", i + 1))
+
+    served_seen: dict[str, int] = {}
+    disk_seen: dict[str, int] = {}
+    problems: list[str] = []
+    try:
+        proc, t0 = start(), time.monotonic()
+        while served() != "1.0.0":
+            if proc.poll() is not None or time.monotonic() - t0 > 120:
+                raise RuntimeError(f"first boot failed: {log.read_text()[-1500:]}")
+            time.sleep(0.1)
+        window = 1.6 * (time.monotonic() - t0) + 1.0
+        proc.kill()
+        proc.wait()
+        for i in range(kills):
+            desire(i)
+            proc = start()
+            deadline = time.monotonic() + rng.uniform(0.3, window)
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    v = served()
+                except AssertionError as exc:
+                    problems.append(str(exc))
+                    v = None
+                if v is not None:
+                    served_seen[v] = served_seen.get(v, 0) + 1
+                time.sleep(0.05)
+            if proc.poll() is not None:
+                problems.append(f"agent exited by itself with {proc.returncode}")
+            proc.kill()
+            proc.wait()
+            try:
+                v = on_disk()
+                disk_seen[v] = disk_seen.get(v, 0) + 1
+            except (AssertionError, Exception) as exc:  # noqa: BLE001 - recorded as a failure of the claim
+                problems.append(f"after kill {i + 1}: {type(exc).__name__}: {exc}")
+        desire(0)  # converge to v2
+        proc, t0 = start(), time.monotonic()
+        converged = False
+        while time.monotonic() - t0 < 120 and proc.poll() is None:
+            if served() == "2.0.0" and any(r.get("ota_state") == "installed" and (r.get("active") or {}).get("version")
+                                           == "2.0.0" for r in sub.of("reported")[-3:]):
+                converged = True
+                break
+            time.sleep(0.2)
+        proc.terminate()
+        proc.wait(30)
+        failed_events = [e for e in sub.of("events") if e["kind"] in ("ota.failed", "ota.rollback")]
+    finally:
+        sub.publish("desired", b"")
+        sub.close()
+        broker.stop()
+        files.close()
+    return {"kills": kills, "kill_window_s": window, "served_versions": served_seen, "active_after_kill": disk_seen,
+            "problems": problems[:10], "converged": converged, "failed_or_rollback_events": len(failed_events),
+            "pass": not problems and converged and not failed_events}
+
+
 # -- main -----------------------------------------------------------------------------------------------
 def _table(r: dict) -> str:
     lat, bat, sw, out = r["latency"], r["batching"], r["hot_swap"], r["outage"]
@@ -467,13 +580,20 @@ def _table(r: dict) -> str:
         f"| {out['outage_s']:.0f} s broker outage | {out['lost']} lost of {out['messages_sent']} "
         f"({out['replayed']} replayed, {out['duplicates']} duplicates, drained in {out['drain_s']:.1f} s) | 0 lost | "
         f"{ok(out['pass'])} |",
-    ])
+    ] + ([
+        f"| SIGKILL at random points of alternating OTAs | {r['crash']['kills']} kills, active slot after each: "
+        f"{r['crash']['active_after_kill']}, converged: {r['crash']['converged']} | always a verified bundle, "
+        f"converges | {ok(r['crash']['pass'])} |"] if "crash" in r else []))
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--outage-s", type=float, default=60.0)
     ap.add_argument("--duration-s", type=float, default=10.0, help="seconds per batching mode")
+    ap.add_argument("--crash-kills", type=int, default=0,
+                    help="also run the long crash soak with this many SIGKILLs (0: skip; ~5 s per kill)")
+    ap.add_argument("--only", nargs="*", choices=["latency", "batching", "hot_swap", "outage", "crash"],
+                    help="run only these sections and print (bench/agent.* are written by full runs only)")
     args = ap.parse_args(argv if argv is not None else [])
     from edgekit.signing import generate_keypair, load_signing_key
 
@@ -482,21 +602,25 @@ def main(argv: list[str] | None = None) -> dict:
         priv, pub = generate_keypair(tmp / "keys")
         key = load_signing_key(priv)
         v1, v2 = digits_bundles(tmp, key)
-        big = big_bundle(tmp, key)
+        big = big_bundle(tmp, key) if not args.only or "batching" in args.only else None
         result = {}
-        print("latency ...", flush=True)
-        result["latency"] = bench_latency(tmp, v1, pub)
-        print(json.dumps(result["latency"]), flush=True)
-        print("batching ...", flush=True)
-        result["batching"] = bench_batching(tmp, big, pub, duration=args.duration_s)
-        print(json.dumps(result["batching"]), flush=True)
-        print("hot swap ...", flush=True)
-        result["hot_swap"] = bench_hot_swap(tmp, v1, v2, pub)
-        print(json.dumps(result["hot_swap"]), flush=True)
-        print(f"outage ({args.outage_s:.0f} s) ...", flush=True)
-        result["outage"] = bench_outage(tmp, v1, pub, outage_s=args.outage_s)
-        print(json.dumps(result["outage"]), flush=True)
-    result["pass"] = all(result[k]["pass"] for k in ("latency", "batching", "hot_swap", "outage"))
+        sections = {
+            "latency": lambda: bench_latency(tmp, v1, pub),
+            "batching": lambda: bench_batching(tmp, big, pub, duration=args.duration_s),
+            "hot_swap": lambda: bench_hot_swap(tmp, v1, v2, pub),
+            "outage": lambda: bench_outage(tmp, v1, pub, outage_s=args.outage_s),
+            "crash": lambda: crash_soak(tmp, v1, v2, pub, kills=args.crash_kills, seed=int(time.time())),
+        }
+        for name, run in sections.items():
+            if (args.only and name not in args.only) or (name == "crash" and not args.crash_kills):
+                continue
+            print(f"{name} ...", flush=True)
+            result[name] = run()
+            print(json.dumps(result[name]), flush=True)
+    result["pass"] = all(v["pass"] for v in result.values())
+    if args.only:  # a partial run is for looking, not the record
+        print(json.dumps(result, indent=2))
+        return result
     write_result("agent", result, _table(result))
     return result
 
