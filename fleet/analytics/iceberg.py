@@ -319,16 +319,23 @@ def sync_once(ctx: FleetContext, settings: AnalyticsSettings | None = None, *,
 class BackgroundSync:
     """The sync loop in a daemon thread: ``start()``, then ``stop()`` (which runs one last sync).
 
-    Wiring into a service is two lines::
+    ``fleet.api.create_app`` runs one for the app's lifetime (unless ``EDGEKIT_ANALYTICS_ENABLED=false``);
+    elsewhere it is two lines::
 
         sync = BackgroundSync.for_context(ctx).start()   # at start-up
         sync.stop()                                      # at shutdown
+
+    :meth:`status` (shown by ``/healthz``) tells when it last ran, what it wrote and its last error.
     """
 
     def __init__(self, syncer: IcebergSync):
         self.syncer = syncer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.runs = 0
+        self.rows_written = 0
+        self.last_run_at: datetime | None = None
+        self.last_error: str | None = None
 
     @classmethod
     def for_context(cls, ctx: FleetContext, settings: AnalyticsSettings | None = None) -> BackgroundSync:
@@ -337,16 +344,44 @@ class BackgroundSync:
 
         return cls(IcebergSync(ctx.database, settings or load_analytics_settings(), ctx.settings.data_dir))
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> BackgroundSync:
         if not self.syncer.settings.enabled:
             log.info("analytics sync disabled (EDGEKIT_ANALYTICS_ENABLED=false)")
             return self
         if self._thread is None:
             self._stop.clear()
-            self._thread = threading.Thread(target=run_sync_loop, args=(self.syncer, self._stop),
-                                            name="fleet-analytics-sync", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="fleet-analytics-sync", daemon=True)
             self._thread.start()
         return self
+
+    def run_once(self, *, wait: bool = False) -> SyncResult | None:
+        """One sync; a failure is recorded in :meth:`status` and logged, never raised."""
+        self.runs += 1
+        self.last_run_at = datetime.now(timezone.utc)
+        try:
+            result = self.syncer.sync(wait=wait)
+        except (FleetError, ConfigError, SQLAlchemyError, OSError) as exc:
+            self.last_error = str(exc)
+            log.error("analytics sync failed (will retry in %.0fs): %s", self.syncer.settings.interval_s, exc)
+            return None
+        except Exception as exc:  # a long-running loop must survive anything a third-party library raises
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("analytics sync failed unexpectedly (will retry)")
+            return None
+        self.last_error = None
+        self.rows_written += result.total
+        if result.total:
+            log.info("analytics: appended %s", result.rows)
+        return result
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.run_once()  # the first run only observes where a settle time applies; the next syncs
+            self._stop.wait(self.syncer.settings.interval_s)
 
     def stop(self, timeout: float = 60.0, *, final_sync: bool = True) -> None:
         if self._thread is None:
@@ -354,22 +389,19 @@ class BackgroundSync:
         self._stop.set()
         self._thread.join(timeout)
         self._thread = None
-        if final_sync:
-            try:
-                self.syncer.sync()
-            except Exception:  # shutting down: log, the watermark makes the next start pick it up
-                log.exception("analytics: final sync at shutdown failed; the next start resumes from the watermark")
+        if final_sync:  # on failure the watermark makes the next start pick the rows up
+            self.run_once(wait=True)
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": self.syncer.settings.enabled, "running": self.running, "runs": self.runs,
+                "rows_written": self.rows_written,
+                "last_run_at": self.last_run_at.isoformat() if self.last_run_at else None,
+                "last_error": self.last_error, "interval_s": self.syncer.settings.interval_s}
 
 
 def run_sync_loop(syncer: IcebergSync, stop: threading.Event) -> None:
     """Sync every ``interval_s`` until ``stop`` is set; a failed run is logged and retried, never fatal."""
+    loop = BackgroundSync(syncer)
     while not stop.is_set():
-        try:
-            result = syncer.sync(wait=False)  # the first run only observes; the next one syncs
-            if result.total:
-                log.info("analytics: appended %s", result.rows)
-        except (FleetError, ConfigError, SQLAlchemyError, OSError) as exc:
-            log.error("analytics sync failed (will retry in %.0fs): %s", syncer.settings.interval_s, exc)
-        except Exception:  # a long-running loop must survive anything a third-party library raises
-            log.exception("analytics sync failed unexpectedly (will retry)")
+        loop.run_once()
         stop.wait(syncer.settings.interval_s)

@@ -18,6 +18,12 @@ def _create_schema(db: Database) -> None:
     upgrade(db)
 
 
+@pytest.fixture(autouse=True)
+def _no_background_analytics(monkeypatch):
+    """Apps built by these tests run no Iceberg loop unless a test passes ``analytics=`` itself."""
+    monkeypatch.setenv("EDGEKIT_ANALYTICS_ENABLED", "false")
+
+
 @pytest.fixture
 def sqlite_db(tmp_path):
     """A file-backed SQLite database with every fleet table created."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -185,3 +186,32 @@ def test_bad_analytics_setting_is_a_config_error(monkeypatch):
     monkeypatch.setenv("EDGEKIT_ANALYTICS_BATCH_SIZE", "zero")
     with pytest.raises(ConfigError, match="batch_size"):
         load_analytics_settings()
+
+
+def test_the_app_runs_the_sync_for_its_lifetime(fleet_ctx, read_h, tmp_path):
+    """create_app starts the loop with the app and runs a last sync when the app stops."""
+    from fastapi.testclient import TestClient
+
+    from fleet.api import create_app
+
+    analytics = AnalyticsSettings(enabled=True, settle_s=0, interval_s=0.1)
+    ingest(fleet_ctx.database, "cam-1", range(5))
+    with TestClient(create_app(fleet_ctx, analytics=analytics)) as c:
+        deadline = time.monotonic() + 20
+        while c.get("/healthz").json()["analytics"]["rows_written"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = c.get("/healthz").json()["analytics"]
+        assert status["running"] and status["rows_written"] == 10 and status["last_error"] is None
+        ingest(fleet_ctx.database, "cam-2", range(3))  # arrives just before shutdown
+    props = analytics.catalog_properties(fleet_ctx.settings.data_dir)
+    assert load_catalog("edgekit", **props).load_table("edgekit.telemetry").scan().to_arrow().num_rows == 8
+
+
+def test_analytics_off_by_environment(fleet_ctx):
+    from fastapi.testclient import TestClient
+
+    from fleet.api import create_app
+
+    with TestClient(create_app(fleet_ctx)) as c:  # EDGEKIT_ANALYTICS_ENABLED=false (conftest)
+        assert c.get("/healthz").json()["analytics"] == {"enabled": False}
+    assert not (fleet_ctx.settings.data_dir / "analytics").exists()

@@ -57,7 +57,7 @@ def wait_for(ingest: Ingest, received: int, timeout: float = 30.0) -> None:
 def test_ingested_telemetry_lands_in_iceberg_exactly_once(mosquitto, sqlite_db, tmp_path):
     settings = FleetSettings(data_dir=tmp_path, database_url=sqlite_db.url, broker_url=mosquitto.url,
                              ingest_flush_s=0.05)
-    analytics = AnalyticsSettings(settle_s=0, interval_s=0.2, batch_size=50)
+    analytics = AnalyticsSettings(enabled=True, settle_s=0, interval_s=0.2, batch_size=50)
     dev = publisher(mosquitto)
     try:
         with Ingest(settings, sqlite_db) as ingest:
