@@ -34,6 +34,8 @@ class LoadedModel:
     slot: str | None = None
     sha256: str | None = None
     runtime: str = ""
+    #: moving average of one run's duration (the server runs very fast models on its event loop)
+    run_ewma_s: float | None = None
     _refs: int = field(default=0, repr=False)
     _retired: bool = field(default=False, repr=False)
 

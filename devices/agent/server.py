@@ -61,10 +61,17 @@ class InferenceService:
             return False
         return self.ready_check() if self.ready_check else True
 
+    #: runs expected to take less than this are done on the event loop: a thread hop would cost more
+    inline_below_s: float = 0.0005
+
     def run_direct(self, feeds: dict[str, np.ndarray]) -> tuple[LoadedModel, dict[str, np.ndarray]]:
         with self.host.lease() as model:
             feeds = check_inputs(model.inputs, feeds)
+            t0 = time.perf_counter()
             out = model.session.run(feeds)
+            dt = time.perf_counter() - t0
+            prev = model.run_ewma_s
+            model.run_ewma_s = dt if prev is None else 0.9 * prev + 0.1 * dt
         self.metrics.batch_size.observe(next(iter(feeds.values())).shape[0] if feeds else 1)
         return model, out
 
@@ -74,6 +81,9 @@ class InferenceService:
             fut = self.batcher.submit(feeds)
             self.metrics.queue_depth.set(self.batcher.depth)
             return await asyncio.wrap_future(fut)
+        expected = model.run_ewma_s if model is not None else None
+        if expected is not None and expected < self.inline_below_s:
+            return self.run_direct(feeds)
         return await run_in_threadpool(self.run_direct, feeds)
 
 
