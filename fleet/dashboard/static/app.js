@@ -69,8 +69,10 @@
   async function api(path, opts) {
     const o = Object.assign({ method: "GET" }, opts || {});
     const headers = { Authorization: `Bearer ${localStorage.getItem(TOKEN_KEY) || ""}` };
-    if (o.body !== undefined) headers["Content-Type"] = "application/json";
-    const resp = await fetch(path, { method: o.method, headers, body: o.body === undefined ? undefined : JSON.stringify(o.body) });
+    let body;
+    if (o.form !== undefined) body = o.form;  // FormData: the browser sets the multipart boundary
+    else if (o.body !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(o.body); }
+    const resp = await fetch(path, { method: o.method, headers, body });
     let data = null;
     try { data = await resp.json(); } catch (_) { data = null; }
     if (!resp.ok) {
@@ -107,8 +109,26 @@
   }
 
   // ---- views ------------------------------------------------------------------------------------
+  async function health() {
+    try { return await (await fetch("/healthz")).json(); } catch (_) { return null; }
+  }
+
+  function healthCard(hz) {
+    if (!hz) return h("div", { class: "card" }, h("h3", {}, "Fleet manager"), h("p", { class: "error" }, "health unavailable"));
+    const ing = hz.ingest || {}, an = hz.analytics || {};
+    return h("div", { class: "card", id: "health" }, h("h3", {}, "Fleet manager ", badge(hz.status === "ok" ? "ok" : "degraded",
+      hz.status === "ok" ? "passed" : "failed")),
+    h("dl", { class: "kv small" },
+      h("dt", {}, "database"), h("dd", {}, hz.database),
+      h("dt", {}, "ingest"), h("dd", {}, `${ing.stored ?? "—"} stored, ${ing.duplicates ?? 0} duplicates, ${ing.invalid ?? 0} invalid`),
+      ing.last_error ? [h("dt", {}, "last rejected"), h("dd", { class: "error" }, ing.last_error)] : null,
+      h("dt", {}, "analytics"), h("dd", {}, an.enabled ? `${an.rows_written} rows to Iceberg, last run ` : "off",
+        an.enabled ? ago(an.last_run_at) : null),
+      an.last_error ? [h("dt", {}, "analytics error"), h("dd", { class: "error" }, an.last_error)] : null));
+  }
+
   async function viewOverview() {
-    const [o, rollouts] = await Promise.all([api("/api/v1/overview"), api("/api/v1/rollouts?limit=5")]);
+    const [o, rollouts, hz] = await Promise.all([api("/api/v1/overview"), api("/api/v1/rollouts?limit=5"), health()]);
     return [
       h("h2", {}, "Fleet overview"),
       h("div", { class: "cards" },
@@ -122,7 +142,8 @@
         countsTable("Model versions", "running", o.versions, "versions"),
         countsTable("Profiles", "profile", o.profiles, "profiles"),
         countsTable("OTA states", "state", o.ota_states, "ota-states"),
-        countsTable("Groups", "group", o.groups, "groups")),
+        countsTable("Groups", "group", o.groups, "groups"),
+        healthCard(hz)),
       h("h3", {}, "Recent rollouts"),
       rolloutTable(rollouts),
     ];
@@ -283,7 +304,49 @@
   }
 
   async function viewRollouts() {
-    return [h("h2", {}, "Rollouts"), rolloutTable(await api("/api/v1/rollouts?limit=200"))];
+    const [rollouts, bundles] = await Promise.all([api("/api/v1/rollouts?limit=200"), api("/api/v1/bundles")]);
+    return [h("h2", {}, "Rollouts"), me && me.scope === "admin" ? rolloutForm(bundles) : null, rolloutTable(rollouts)];
+  }
+
+  function rolloutForm(bundles) {
+    const msg = h("p", { class: "error", role: "alert", id: "rollout-form-error" });
+    const field = (label, name, value, size) => h("label", {}, `${label} `, h("input", { name, value, size: size || 12 }));
+    return h("details", { class: "card", id: "new-rollout" }, h("summary", {}, "New rollout"),
+      h("form", { class: "filters", onsubmit: async (e) => {
+        e.preventDefault();
+        const f = e.target;
+        const body = { bundle: f.bundle.value, selector: f.selector.value || "all", waves: f.waves.value,
+          soak_s: f.soak.value, max_failure_rate: Number(f.failure.value), max_p95_regression: Number(f.p95.value) };
+        try {
+          const st = await api("/api/v1/rollouts", { method: "POST", body });
+          location.hash = `#/rollout/${encodeURIComponent(st.id)}`;
+        } catch (err) { msg.textContent = err.message; }
+      } },
+      h("label", {}, "bundle ", h("select", { name: "bundle" }, bundles.map((b) => h("option", { value: b.ref }, b.ref)))),
+      field("selector", "selector", "all", 24), field("waves %", "waves", "1,10,50,100"), field("soak", "soak", "300s", 6),
+      field("max failure rate", "failure", "0.02", 5), field("max p95 regression", "p95", "0.2", 5),
+      h("button", { type: "submit" }, "Start rollout")), msg);
+  }
+
+  let flash = null;  // a message that survives the re-render after an action: {text, cls}
+
+  function uploadForm() {
+    const msg = h("p", { id: "upload-result", class: flash ? flash.cls : "" }, flash ? flash.text : "");
+    flash = null;
+    return h("form", { class: "filters card", id: "upload-form", onsubmit: async (e) => {
+      e.preventDefault();
+      const file = e.target.file.files[0];
+      if (!file) { msg.textContent = "choose a .ekb file first"; msg.className = "error"; return; }
+      const form = new FormData();
+      form.append("file", file, file.name);
+      try {
+        const b = await api("/api/v1/bundles", { method: "POST", form });
+        flash = { text: `accepted ${b.ref} (sha256 ${b.sha256.slice(0, 12)}…)`, cls: "ok" };
+        render();
+      } catch (err) { msg.textContent = `refused: ${err.message}`; msg.className = "error"; }
+    } },
+    h("label", {}, "Upload a signed bundle ", h("input", { type: "file", name: "file", accept: ".ekb" })),
+    h("button", { type: "submit" }, "Upload"), msg);
   }
 
   function gateView(w) {
@@ -343,7 +406,7 @@
 
   async function viewBundles() {
     const bundles = await api("/api/v1/bundles");
-    return [h("h2", {}, "Bundles"), table([
+    return [h("h2", {}, "Bundles"), me && me.scope === "admin" ? uploadForm() : null, table([
       { title: "bundle", cell: (b) => b.ref }, { title: "precision", cell: (b) => b.precision || "—" },
       { title: "size", cell: (b) => `${(b.size / 1024).toFixed(1)} KiB`, class: "num" },
       { title: "sha256", cell: (b) => h("code", { title: b.sha256 }, b.sha256.slice(0, 12) + "…") },

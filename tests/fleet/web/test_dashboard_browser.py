@@ -3,7 +3,9 @@ device (latency and drift charts) and a rollout (waves and gate results), verify
 
 from __future__ import annotations
 
+import io
 import math
+import tarfile
 import threading
 
 import pytest
@@ -80,6 +82,18 @@ def populate(ctx, feed, tiny_bundle, bundle_v2):
     return rid
 
 
+def flip_last_byte(bundle, member: str) -> None:
+    """Corrupt one byte of one member of a bundle tar, keeping everything else (so only its hash fails)."""
+    out = io.BytesIO()
+    with tarfile.open(bundle) as tin, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read()
+            if m.name == member:
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            tout.addfile(m, io.BytesIO(data))
+    bundle.write_bytes(out.getvalue())
+
+
 def charts(b) -> dict[str, dict]:
     """The device page's charts: title → number of plotted points and the series drawn."""
     found = b.execute("""return [...document.querySelectorAll('#device-charts figure')].map(f => ({
@@ -106,8 +120,16 @@ def served(fleet_ctx):
     t.join(10)
 
 
-def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bundle_v2, tmp_path):
+def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bundle_v2, tmp_path, tiny_onnx,
+                               signing_keys):
+    from runtimes.packaging import bundle_from_onnx
+
     rid = populate(fleet_ctx, feed, tiny_bundle, bundle_v2)
+    bundle_v3 = tmp_path / "tiny-3.0.0.ekb"
+    bundle_from_onnx(tiny_onnx, name="tiny", version="3.0.0", key=signing_keys[0], out=bundle_v3)
+    tampered = tmp_path / "tiny-3.0.1.ekb"
+    bundle_from_onnx(tiny_onnx, name="tiny", version="3.0.1", key=signing_keys[0], out=tampered)
+    flip_last_byte(tampered, "model.onnx")
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with Browser(tmp_path, free_port()) as b:
@@ -127,6 +149,8 @@ def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bun
         assert b.text(b.wait("#stat-offline .value")) == "1"
         assert "tiny@2.0.0" in b.text(b.wait("#versions")) and "raspberry-pi-5" in b.text(b.wait("#profiles"))
         assert b.text(b.wait("#whoami")) == "test-admin (admin)"
+        health = b.text(b.wait("#health"))
+        assert "database" in health and "ok" in health and "analytics" in health
         b.screenshot(shots / "overview.png")
 
         # click into a device: details, latency and drift charts drawn from its telemetry
@@ -186,10 +210,31 @@ def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bun
         b.click(b.wait("#verify-chain"))
         assert "chain intact" in b.text(b.wait("#verify-result", contains="chain intact"))
         b.screenshot(shots / "audit.png")
+        # bundles: an admin uploads from the page; a tampered file is refused with the verifier's reason
+        b.click_link("nav a", "Bundles")
+        b.wait("#bundles-table", contains="tiny@2.0.0")
+        b.type(b.wait("#upload-form input[type=file]"), str(tampered))
+        b.click(b.wait("#upload-form button"))
+        assert "sha256 mismatch" in b.text(b.wait("#upload-result", contains="refused"))
+        b.type(b.wait("#upload-form input[type=file]"), str(bundle_v3))
+        b.click(b.wait("#upload-form button"))
+        b.wait("#upload-result", contains="accepted tiny@3.0.0")
+        assert "tiny@3.0.0" in b.text(b.wait("#bundles-table", contains="tiny@3.0.0"))
+        b.screenshot(shots / "bundles.png")
+
+        # a new rollout over devices busy in the paused one is refused, and the page says why
+        b.click_link("nav a", "Rollouts")
+        b.click(b.wait("#new-rollout summary"))
+        b.click(b.wait("#new-rollout button"))
+        assert "another running or paused rollout" in b.text(b.wait("#rollout-form-error", contains="rollout"))
+        b.screenshot(shots / "rollouts.png")
+
         # no script errors and no Content-Security-Policy violations on the way (the refused token's 401
         # and the bad selector's 422 are the expected failed requests)
         expected = ("/api/v1/whoami - Failed to load resource: the server responded with a status of 401",
-                    "colour%3Dred&limit=500&offset=0 - Failed to load resource: the server responded with a status of 422")
+                    "colour%3Dred&limit=500&offset=0 - Failed to load resource: the server responded with a status of 422",
+                    "/api/v1/bundles - Failed to load resource: the server responded with a status of 422",
+                    "/api/v1/rollouts - Failed to load resource: the server responded with a status of 409")
         problems = [e["message"] for e in b.console()
                     if e["level"] == "SEVERE" and not any(x in e["message"] for x in expected)]
         assert problems == []
