@@ -1,7 +1,8 @@
 """The bearing-fault classifier: a 1-D CNN over the order-tracked spectra plus the streamed condition indicators.
 
-``bearing_cnn(width=...)`` is the factory ``edgekit compress`` rebuilds models from
-(``examples.predictive_maintenance.model:bearing_cnn``). The "cloud" teacher is ``width=64``: four
+``bearing_cnn(width=...)`` is the factory ``edgekit compress`` rebuilds models from, and ``macro_f1`` the
+metric its budget is read in. The file is self-contained (torch and numpy only): ``train_teacher.py``
+copies it next to the weights so the recipes there say ``model:bearing_cnn``. The "cloud" teacher is ``width=64``: four
 conv-conv-pool stages over the two spectra channels (envelope, plain) along the order axis, global
 average pooling, and a small branch for the condition indicators (log-scaled levels, kurtosis, crest
 factor), so the network sees what a vibration analyst looks at.
@@ -9,14 +10,17 @@ factor), so the network sees what a vibration analyst looks at.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
 import torch
 from torch import nn
 
-from examples.predictive_maintenance.data import CLASSES, FEATURES
+__all__ = ["INPUT_NAMES", "N_CLASSES", "BearingCNN", "bearing_cnn", "macro_f1"]
 
-__all__ = ["INPUT_NAMES", "BearingCNN", "bearing_cnn"]
-
-INPUT_NAMES = ("spectrum", *FEATURES)
+#: the model's inputs in call order (``data.FEATURES`` after the spectra; a test keeps the two in step)
+INPUT_NAMES = ("spectrum", "rms", "kurtosis", "crest_factor", "band_low", "band_mid", "band_high")
+N_CLASSES = 6
 
 
 def _stage(c_in: int, c_out: int, k: int) -> nn.Sequential:
@@ -30,7 +34,7 @@ def _stage(c_in: int, c_out: int, k: int) -> nn.Sequential:
 class BearingCNN(nn.Module):
     """Inputs: ``spectrum`` [batch, 2, 256] and one [batch, 1] tensor per feature; output: class logits."""
 
-    def __init__(self, width: int = 64, n_classes: int = len(CLASSES), dropout: float = 0.2):
+    def __init__(self, width: int = 64, n_classes: int = N_CLASSES, dropout: float = 0.2):
         super().__init__()
         w = width
         self.stages = nn.Sequential(
@@ -40,7 +44,7 @@ class BearingCNN(nn.Module):
             _stage(2 * w, 2 * w, 3),
         )
         self.pool = nn.AdaptiveAvgPool1d(1)
-        n_feat = len(FEATURES)
+        n_feat = len(INPUT_NAMES) - 1
         self.feature_norm = nn.BatchNorm1d(n_feat)
         self.feature_mlp = nn.Sequential(nn.Linear(n_feat, 32), nn.ReLU())
         self.head = nn.Sequential(nn.Linear(2 * w + 32, 128), nn.ReLU(), nn.Dropout(dropout),
@@ -55,6 +59,19 @@ class BearingCNN(nn.Module):
         return self.head(torch.cat([z, f], dim=1))
 
 
-def bearing_cnn(width: int = 64, n_classes: int = len(CLASSES)) -> BearingCNN:
+def bearing_cnn(width: int = 64, n_classes: int = N_CLASSES) -> BearingCNN:
     """Factory used by ``train_teacher.py`` and ``edgekit compress`` (the teacher is ``width=64``)."""
     return BearingCNN(width=width, n_classes=n_classes)
+
+
+def macro_f1(outputs: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
+    """Unweighted mean of the per-class F1 scores (classes present in labels or predictions)."""
+    logits = np.asarray(next(iter(outputs.values())))
+    y = np.asarray(labels).reshape(-1)
+    pred = logits.reshape(len(y), -1).argmax(axis=1)
+    scores = []
+    for c in np.union1d(y, pred):
+        tp = float(np.sum((pred == c) & (y == c)))
+        denom = float(np.sum(pred == c) + np.sum(y == c))
+        scores.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(scores)) if scores else 0.0

@@ -2,9 +2,14 @@
 
     python -m examples.predictive_maintenance.train_teacher --out demo-out/pdm/teacher
 
-Writes ``OUT/teacher.pt`` (a plain state dict, loadable with ``torch.load(weights_only=True)``) and
-``OUT/teacher.json`` (the factory reference ``examples.predictive_maintenance.model:bearing_cnn`` with its
-kwargs, the input specs, the class names and the macro-F1 on the validation and held-out field sets).
+Writes into ``OUT`` everything ``edgekit compress`` needs, self-contained:
+
+* ``teacher.pt``   the state dict (load with ``torch.load(weights_only=True)``)
+* ``teacher.json`` factory, kwargs, input specs, class names, macro-F1 on the validation and field sets
+* ``model.py``     a copy of the factory and the ``macro_f1`` metric (recipes say ``model:bearing_cnn``)
+* ``pdm.npz``      the model inputs of the training and validation splits (``NAME`` / ``NAME_val``, ``y``)
+* ``recipe-x86-avx2.yaml``, ``recipe-raspberry-pi-5.yaml``  ready for ``edgekit compress --recipe``
+
 A second run with the same arguments reuses the result unless ``--force``.
 """
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,9 +30,11 @@ if __package__ in (None, ""):  # run as a file: make ``examples.predictive_maint
 
 from examples.predictive_maintenance.data import CLASSES, FEATURES, ORDERS, make_split, model_inputs  # noqa: E402
 
-__all__ = ["FACTORY", "TeacherResult", "evaluate", "input_specs", "load_teacher", "main", "train"]
+__all__ = ["FACTORY", "TeacherResult", "evaluate", "input_specs", "load_teacher", "main", "split_inputs", "train"]
 
 FACTORY = "examples.predictive_maintenance.model:bearing_cnn"
+HERE = Path(__file__).resolve().parent
+RECIPES = ("recipe-x86-avx2.yaml", "recipe-raspberry-pi-5.yaml")
 
 
 def input_specs() -> list[dict]:
@@ -57,13 +65,18 @@ def predict(model, inputs: dict[str, np.ndarray], batch: int = 256) -> np.ndarra
     return np.concatenate(out)
 
 
-def evaluate(model, split: str, per_class: int | None = None) -> dict[str, float]:
-    """Macro-F1 and accuracy of ``model`` on a split."""
-    from sklearn.metrics import accuracy_score, f1_score
+def evaluate(model, inputs: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Macro-F1 and accuracy of ``model`` on named inputs."""
+    from examples.predictive_maintenance.model import macro_f1
 
+    logits = predict(model, inputs)
+    return {"macro_f1": macro_f1({"logits": logits}, labels), "accuracy": float((logits.argmax(1) == labels).mean())}
+
+
+def split_inputs(split: str, per_class: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A split's model inputs (what a device computes) and labels."""
     ds = make_split(split, per_class)
-    pred = predict(model, model_inputs(ds.x, ds.speed_rpm)).argmax(1)
-    return {"macro_f1": float(f1_score(ds.y, pred, average="macro")), "accuracy": float(accuracy_score(ds.y, pred))}
+    return model_inputs(ds.x, ds.speed_rpm), ds.y
 
 
 def _augment(batch: list, gen) -> list:
@@ -80,9 +93,9 @@ def _augment(batch: list, gen) -> list:
     return out
 
 
-def train(*, width: int = 64, epochs: int = 8, per_class: int | None = None, seed: int = 0, lr: float = 3e-3,
-          batch_size: int = 64, log=print):
-    """Train a teacher from scratch; returns the model in eval mode."""
+def train(inputs: dict[str, np.ndarray], labels: np.ndarray, *, width: int = 64, epochs: int = 8, seed: int = 0,
+          lr: float = 3e-3, batch_size: int = 64, log=print):
+    """Train a teacher from scratch on named model inputs; returns the model in eval mode."""
     import torch
     import torch.nn.functional as F
 
@@ -90,9 +103,8 @@ def train(*, width: int = 64, epochs: int = 8, per_class: int | None = None, see
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    ds = make_split("train", per_class)
-    xs = _tensors(model_inputs(ds.x, ds.speed_rpm))
-    y = torch.from_numpy(ds.y)
+    xs = _tensors(inputs)
+    y = torch.from_numpy(labels)
     model = bearing_cnn(width=width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
     steps = epochs * ((len(y) + batch_size - 1) // batch_size)
@@ -158,7 +170,8 @@ def main(argv: list[str] | None = None) -> TeacherResult:
                 "eval_per_class": args.eval_per_class, "seed": args.seed}
     out: Path = args.out
     meta_path = out / "teacher.json"
-    if not args.force and meta_path.is_file() and (out / "teacher.pt").is_file():
+    done = all((out / f).is_file() for f in ("teacher.pt", "pdm.npz", "model.py", *RECIPES))
+    if not args.force and meta_path.is_file() and done:
         meta = json.loads(meta_path.read_text())
         if meta.get("settings_sha") == _settings_hash(settings):
             print(f"teacher already trained in {out} (macro-F1 val {meta['metrics']['val']['macro_f1']:.4f}, "
@@ -166,9 +179,18 @@ def main(argv: list[str] | None = None) -> TeacherResult:
             return TeacherResult(meta)
 
     t0 = time.time()
-    model = train(width=args.width, epochs=args.epochs, per_class=args.per_class, seed=args.seed)
-    metrics = {s: evaluate(model, s, args.eval_per_class) for s in ("val", "field")}
+    train_x, train_y = split_inputs("train", args.per_class)
+    evals = {s: split_inputs(s, args.eval_per_class) for s in ("val", "field")}
+    model = train(train_x, train_y, width=args.width, epochs=args.epochs, seed=args.seed)
+    metrics = {s: evaluate(model, *evals[s]) for s in ("val", "field")}
     out.mkdir(parents=True, exist_ok=True)
+    val_x, val_y = evals["val"]
+    arrays = {**train_x, "y": train_y, **{f"{k}_val": v for k, v in val_x.items()}, "y_val": val_y}
+    with open(out / "pdm.npz.tmp", "wb") as fh:
+        np.savez(fh, **arrays)
+    (out / "pdm.npz.tmp").replace(out / "pdm.npz")
+    for name in ("model.py", *RECIPES):
+        shutil.copyfile(HERE / name, out / name)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tmp = out / "teacher.pt.tmp"
     torch.save(state, tmp)
@@ -183,7 +205,7 @@ def main(argv: list[str] | None = None) -> TeacherResult:
     print(f"teacher: {meta['params']:,} parameters, trained in {meta['train_seconds']:.0f} s")
     for s in ("val", "field"):
         print(f"  {s:5s} macro-F1 {metrics[s]['macro_f1']:.4f}  accuracy {metrics[s]['accuracy']:.4f}")
-    print(f"wrote {out / 'teacher.pt'} and {meta_path}")
+    print(f"wrote {out}: teacher.pt, teacher.json, model.py, pdm.npz, {', '.join(RECIPES)}")
     return meta
 
 
