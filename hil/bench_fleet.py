@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -391,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         publish(args.publish, args.messages, DEVICES)
         return 0
     work = Path(tempfile.mkdtemp(prefix="edgekit-bench-fleet-"))
-    result: dict[str, Any] = {}
-    rows = []
+    load = os.getloadavg()[0]
+    result: dict[str, Any] = {"load_average_at_start": load}
+    rows = [f"| machine load average (1 min) at start | {load:.1f} on {os.cpu_count()} cores |"]
     try:
         if not args.skip_ingest:
             print("ingest vs bare paho …", file=sys.stderr)
@@ -424,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "| figure | value |\n|---|---|\n" + "\n".join(rows)
     write_result("fleet", result, table)
     print(table)
-    return 0 if all(v.get("pass") for v in result.values()) else 3
+    return 0 if all(v.get("pass") for v in result.values() if isinstance(v, dict)) else 3
 
 
 if __name__ == "__main__":
