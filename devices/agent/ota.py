@@ -201,7 +201,10 @@ class OtaManager:
                             slot=model.slot, boots_in_soak=ptr.boots_in_soak)
             if seed is not None:
                 sha = file_sha256(seed)
-                if ptr.active is None or (sha != ptr.seed_sha256 and sha != ptr.active.sha256):
+                if sha in ptr.failed and ptr.active is not None:
+                    self._event("ota.skipped", f"seed bundle {seed.name} failed its checks here before; not retried",
+                                level="warning")
+                elif ptr.active is None or (sha != ptr.seed_sha256 and sha != ptr.active.sha256):
                     self._install_local(seed, sha)
                     ptr = self._read_pointer()
             if ptr.soaking and ptr.active is not None and self.host.current is not None:

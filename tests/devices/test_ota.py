@@ -253,8 +253,7 @@ def test_failed_download_is_retried_with_backoff_not_blacklisted(make_ota, bundl
     assert sha256(bundles["v2"]) not in ota.slots.read().failed
     assert ota.host.current.version == "1.0.0"
     shutil.copyfile(bundles["v2"], file_server.root / "later.ekb")
-    wait_for(lambda: ota.host.current.version == "2.0.0", 20, what="install on retry")
-    assert ota.state == "installed"
+    wait_for(lambda: ota.host.current.version == "2.0.0" and ota.state == "installed", 20, what="install on retry")
 
 
 def test_installing_over_the_previous_slot_forgets_it_as_a_fallback(make_ota, bundles, file_server):
@@ -269,3 +268,14 @@ def test_installing_over_the_previous_slot_forgets_it_as_a_fallback(make_ota, bu
                                                _publish(file_server, bundles["bad_golden"])), Desired))
     ptr = ota.slots.read()
     assert ptr.active.version == "2.0.0" and ptr.previous is None
+
+
+def test_a_seed_that_failed_is_not_retried_at_every_boot(make_ota, bundles):
+    ota, _ = make_ota()
+    ota.boot(bundles["v1"])
+    again, rec = make_ota()
+    assert again.boot(bundles["bad_golden"]).version == "1.0.0"
+    assert "ota.failed" in rec.kinds()
+    third, rec3 = make_ota()
+    assert third.boot(bundles["bad_golden"]).version == "1.0.0"
+    assert "ota.skipped" in rec3.kinds() and "ota.download" not in rec3.kinds()
