@@ -80,7 +80,10 @@ class Agent:
                                           max_delay_ms=cfg.batching.max_delay_ms,
                                           on_batch=self.metrics.batch_size.observe)
         self.service = InferenceService(self.host, self.metrics, self.drift, self.batcher,
-                                        max_body_bytes=cfg.server.max_body_bytes)
+                                        max_body_bytes=cfg.server.max_body_bytes, on_error=self._inference_error)
+        self._error_lock = threading.Lock()
+        self._errors_suppressed = 0
+        self._last_error_event = float("-inf")
         self.spool: Spool | None = None
         self.mqtt: MqttLink | None = None
         if cfg.mqtt.url:
@@ -142,6 +145,16 @@ class Agent:
                                          retain=True)
             except Exception:  # noqa: BLE001
                 log.exception("status update failed")
+
+    def _inference_error(self, message: str, min_interval_s: float = 60.0) -> None:
+        """An ``inference.error`` event, at most one a minute (with how many were folded into it)."""
+        with self._error_lock:
+            now = time.monotonic()
+            if now - self._last_error_event < min_interval_s:
+                self._errors_suppressed += 1
+                return
+            folded, self._errors_suppressed, self._last_error_event = self._errors_suppressed, 0, now
+        self._event("inference.error", message, level="error", data={"similar_errors_since_last_event": folded})
 
     def _on_desired(self, raw: bytes) -> None:
         self.ota.handle_desired(raw)

@@ -63,6 +63,15 @@ class InferenceService:
 
     #: runs expected to take less than this are done on the event loop: a thread hop would cost more
     inline_below_s: float = 0.0005
+    #: told about server-side inference failures (the agent turns them into rate-limited events)
+    on_error: Callable[[str], None] | None = None
+
+    def report_error(self, message: str) -> None:
+        if self.on_error is not None:
+            try:
+                self.on_error(message)
+            except Exception:  # noqa: BLE001 - reporting must never fail the request path
+                self.metrics.errors.labels("report").inc()
 
     def run_direct(self, feeds: dict[str, np.ndarray]) -> tuple[LoadedModel, dict[str, np.ndarray]]:
         with self.host.lease() as model:
@@ -190,9 +199,11 @@ def create_app(svc: InferenceService) -> FastAPI:
             return _error(exc.status, str(exc))
         except RuntimeBackendError as exc:
             svc.metrics.observe_request(label, time.perf_counter() - t0, "server_error")
+            svc.report_error(f"inference failed: {exc}")
             return _error(500, f"inference failed: {exc}")
         if text is None:
             svc.metrics.observe_request(label, time.perf_counter() - t0, "server_error")
+            svc.report_error("the model produced non-finite outputs")
             return _error(500, "the model produced non-finite outputs, which JSON cannot carry")
         svc.metrics.observe_request(label, time.perf_counter() - t0, "ok")
         try:

@@ -178,3 +178,36 @@ def test_fuzz_raw_bytes_never_5xx(fuzz_client, raw):
 def test_fuzz_left_the_server_healthy(fuzz_client):
     assert fuzz_client.get("/v2/health/ready").status_code == 200
     assert fuzz_client.post("/v2/models/fake/infer", json=_req()).status_code == 200
+
+
+def test_backend_failure_is_a_500_reported_once_and_the_server_keeps_serving():
+    from agent_fakes import fake_manifest
+
+    from devices.agent.host import LoadedModel
+    from runtimes.fake import FakeSession
+
+    host = ModelHost()
+    host.swap(LoadedModel(fake_manifest(), FakeSession(fail_every=2), runtime="fake"))
+    errors: list[str] = []
+    c = TestClient(create_app(InferenceService(host, on_error=errors.append)))
+    statuses = [c.post("/v2/models/fake/infer", json=_req()).status_code for _ in range(4)]
+    assert statuses == [200, 500, 200, 500]
+    assert len(errors) == 2 and "scripted failure" in errors[0]
+    assert 'outcome="server_error"} 2.0' in c.get("/metrics").text
+
+
+def test_agent_rate_limits_inference_error_events(tmp_path, bundles):
+    from devices.agent.agent import Agent
+    from devices.agent.config import load_config
+
+    cfg = load_config(None, state_dir=str(tmp_path / "s"), profile="x86-avx2",
+                      ota={"trusted_keys": [str(bundles["pub"])]})
+    agent = Agent(cfg)
+    seen = []
+    agent._event = lambda kind, message, **kw: seen.append((kind, kw["data"]))
+    for _ in range(5):
+        agent._inference_error("boom")
+    assert seen == [("inference.error", {"similar_errors_since_last_event": 0})]
+    agent._last_error_event -= 120
+    agent._inference_error("boom")
+    assert seen[-1] == ("inference.error", {"similar_errors_since_last_event": 4})
