@@ -378,7 +378,8 @@ def _tiny_bundles(out: Path, key) -> list[Path]:
 
 
 # -- main ---------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmarks (``argv`` as on the command line; none: the defaults); returns the result."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=3)
@@ -387,10 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-rollout", action="store_true")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--publish", type=int, default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args = ap.parse_args(argv or [])
     if args.publish is not None:
         publish(args.publish, args.messages, DEVICES)
-        return 0
+        return {}
     work = Path(tempfile.mkdtemp(prefix="edgekit-bench-fleet-"))
     load = os.getloadavg()[0]
     result: dict[str, Any] = {"load_average_at_start": load}
@@ -426,8 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     table = "| figure | value |\n|---|---|\n" + "\n".join(rows)
     write_result("fleet", result, table)
     print(table)
-    return 0 if all(v.get("pass") for v in result.values() if isinstance(v, dict)) else 3
+    result["pass"] = all(v.get("pass") for v in result.values() if isinstance(v, dict))
+    return result
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    res = main(sys.argv[1:])
+    sys.exit(0 if res.get("pass", True) else 3)
