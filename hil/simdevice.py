@@ -10,6 +10,7 @@ oldest messages are evicted and counted in ``spool_evicted``, as the agent does.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 from collections import deque
@@ -99,8 +100,14 @@ class SimDevice:
         client.subscribe(self._topics["desired"], qos=1)
         if self._reported is None:
             self._reported = self.ota.reported()
-        client.publish(self._topics["reported"], encode(self._reported), qos=1, retain=True)
+        # paho re-sends what was in flight (possibly an older ``reported``) right after this callback
+        # returns; publishing the latest one afterwards keeps the retained state current.
+        asyncio.get_running_loop().call_soon(self._republish_reported)
         self.pump()
+
+    def _republish_reported(self) -> None:
+        if self.connected and self._reported is not None:
+            self.client.publish(self._topics["reported"], encode(self._reported), qos=1, retain=True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected = False

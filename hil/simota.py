@@ -9,7 +9,9 @@ asyncio, with the slots in memory and the runtime a :class:`runtimes.fake.FakeSe
 
 * a failure before the switch keeps the served model (``rolled_back``) or, with none, ``failed``;
 * a failed end-of-soak check rolls back to the previous model;
-* a bundle that failed is remembered by sha256 and not retried (``ota.skipped``);
+* a bundle that failed verification or its checks is remembered by sha256 and not retried
+  (``ota.skipped``); a download that failed for a passing reason (network, truncated body) is an
+  ``ota.download_failed`` + ``ota.retry`` with exponential backoff instead;
 * malformed or unauthorised desired states are rejected with ``desired.rejected`` and change nothing;
 * the desired state that already runs only updates ``generation``/``rollout_id``.
 
@@ -34,7 +36,11 @@ from hil.simscript import SimScript
 from runtimes.bench import synthetic_feeds
 from runtimes.fake import FakeRuntime
 
-__all__ = ["BundleSource", "SimOta", "Slot"]
+__all__ = ["BundleSource", "SimOta", "Slot", "TransientDownloadError"]
+
+
+class TransientDownloadError(AgentError):
+    """A download failed for a passing reason (network, server): retried with backoff, never blacklisted."""
 
 
 class BundleSource(Protocol):
@@ -75,6 +81,9 @@ class SimOta:
     _worker: asyncio.Task | None = None
     _soak: asyncio.Task | None = None
     _handled: tuple[str, int] | None = None
+    _retry: asyncio.Task | None = None
+    _retry_delay: float = 0.0
+    retries: int = 0
     history: list[str] = field(default_factory=list)
 
     # -- reporting ---------------------------------------------------------------------------------
@@ -110,6 +119,8 @@ class SimOta:
             self._event("desired.rejected", problem, level="warning", rollout_id=d.rollout_id)
             return
         self._pending = d
+        if self._retry is not None and not self._retry.done():
+            self._retry.cancel()  # a newer desired state supersedes a scheduled retry
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
@@ -165,10 +176,10 @@ class SimOta:
             self._event("ota.download", f"fetching {d.bundle.url}", rollout_id=d.rollout_id, slot=slot)
             await asyncio.sleep(step_s)
             if beh.download == "unreachable":
-                raise AgentError(f"cannot download {d.bundle.url}: connection refused (scripted)")
+                raise TransientDownloadError(f"cannot download {d.bundle.url}: connection refused (scripted)")
             if beh.download == "truncated":
-                raise AgentError(f"download of {d.bundle.url} ended after {d.bundle.size // 2} of "
-                                 f"{d.bundle.size} bytes (scripted)")
+                raise TransientDownloadError(f"download of {d.bundle.url} ended after {d.bundle.size // 2} of "
+                                             f"{d.bundle.size} bytes (scripted)")
             verified = await self.source.check(d) if self.source is not None else ref
 
             step = "verifying"
@@ -189,6 +200,17 @@ class SimOta:
             golden = self._golden_check(beh.golden == "pass")
             self._event("ota.check", f"golden check passed ({golden.accuracy=}, {golden.max_abs_error=})",
                         rollout_id=d.rollout_id, accuracy=golden.accuracy, max_abs_error=golden.max_abs_error)
+        except TransientDownloadError as exc:
+            reason = f"{step} failed: {exc}"
+            self._event("ota.download_failed", reason, level="warning", rollout_id=d.rollout_id,
+                        error=type(exc).__name__)
+            self._set_state("failed" if self.active is None else "rolled_back", error=reason)
+            self._retry_delay = min(300.0, max(self.script.ota.retry_min_s, self._retry_delay * 2))
+            self._event("ota.retry", f"download will be retried in {self._retry_delay:.3g} s", level="warning",
+                        rollout_id=d.rollout_id, retry_in_s=self._retry_delay)
+            self._handled = None
+            self._retry = asyncio.get_running_loop().create_task(self._retry_after(d, self._retry_delay))
+            return
         except EdgekitError as exc:
             reason = f"{step} failed: {exc}"
             if d.bundle.sha256 not in self.failed:
@@ -203,6 +225,7 @@ class SimOta:
                 self._set_state("failed", error=reason)
             return
 
+        self._retry_delay = 0.0
         prev = self.active
         self.previous, self.active = prev, Slot(ref=ref, sha256=d.bundle.sha256, name=slot)
         self.rollout_id, self.generation = d.rollout_id, d.generation
@@ -217,6 +240,14 @@ class SimOta:
         else:
             self._set_state("installed")
             self._event("ota.installed", f"{ref.name}@{ref.version} installed", rollout_id=d.rollout_id)
+
+    async def _retry_after(self, d: Desired, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._pending is None:
+            self.retries += 1
+            self._pending = d
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.get_running_loop().create_task(self._work())
 
     def _golden_check(self, scripted_pass: bool) -> GoldenResult:
         """Load the fake runtime, run a warm-up batch through it, then apply the scripted outcome."""
@@ -249,7 +280,7 @@ class SimOta:
         self._set_state("installed")
 
     async def close(self) -> None:
-        for t in (self._worker, self._soak):
+        for t in (self._worker, self._soak, self._retry):
             if t is not None and not t.done():
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -10,12 +10,13 @@ Example::
       golden: pass            # outcome of the post-install golden check: pass | fail
       soak: pass              # outcome of the end-of-soak check: pass | fail
       download: ok            # ok | corrupt (hash mismatch) | truncated (short read) | unreachable
+                              # (truncated / unreachable are transient: retried with backoff, as the agent)
     bundles:                  # while a bundle is being installed / served: "name@version" or "name"
       "digits@2.0.0": {golden: fail}
       "digits@3.0.0": {latency_ms: 40, error_rate: 0.1}
     devices:                  # fnmatch patterns on the device id; may carry their own "bundles"
       "sim-0000[0-4]": {latency_ms: 25, bundles: {"digits@3.0.0": {soak: fail}}}
-    ota: {step_s: 0.1, soak_s: 2.0}
+    ota: {step_s: 0.1, soak_s: 2.0, retry_min_s: 5.0}
     initial_model: {name: digits, version: 1.0.0}
     tags: [sim]
 
@@ -81,6 +82,8 @@ class OtaTiming(_Strict):
     step_s: float = Field(default=0.1, ge=0, le=3600)
     #: soak window after the switch; 0 marks the bundle installed right away
     soak_s: float = Field(default=2.0, ge=0, le=86400)
+    #: first retry delay after a transient download failure (doubles each time, at most 300 s), as the agent
+    retry_min_s: float = Field(default=5.0, gt=0, le=3600)
 
 
 class SimScript(_Strict):

@@ -34,6 +34,7 @@ from edgekit.signing import load_public_keys
 from edgekit.wire import Desired, ModelRef, valid_device_id
 from hil.mqttio import LoopedClients
 from hil.simdevice import SimDevice
+from hil.simota import TransientDownloadError
 from hil.simscript import SimScript
 
 __all__ = ["HttpBundleSource", "SimConfig", "SimReport", "Simulator", "SimulatorThread", "broker_address"]
@@ -130,7 +131,12 @@ class HttpBundleSource:
         if fut is None:
             fut = asyncio.get_running_loop().create_task(self._fetch(desired))
             self._cache[sha] = fut
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.shield(fut)
+        except TransientDownloadError:
+            if self._cache.get(sha) is fut:
+                del self._cache[sha]  # a passing failure: the next attempt fetches again
+            raise
 
     async def _fetch(self, d: Desired) -> ModelRef:
         import httpx
@@ -143,7 +149,7 @@ class HttpBundleSource:
                 async with httpx.AsyncClient(timeout=self.timeout_s) as client, \
                         client.stream("GET", d.bundle.url) as resp:
                     if resp.status_code != 200:
-                        raise AgentError(f"download of {d.bundle.url} answered HTTP {resp.status_code}")
+                        raise TransientDownloadError(f"download of {d.bundle.url} answered HTTP {resp.status_code}")
                     with open(path, "wb") as fh:
                         async for chunk in resp.aiter_bytes():
                             size += len(chunk)
@@ -152,9 +158,9 @@ class HttpBundleSource:
                             h.update(chunk)
                             fh.write(chunk)
             except httpx.HTTPError as exc:
-                raise AgentError(f"cannot download {d.bundle.url}: {exc}") from exc
+                raise TransientDownloadError(f"cannot download {d.bundle.url}: {exc}") from exc
             if size != d.bundle.size:
-                raise AgentError(f"download of {d.bundle.url} ended after {size} of {d.bundle.size} bytes")
+                raise TransientDownloadError(f"download of {d.bundle.url} ended after {size} of {d.bundle.size} bytes")
             if h.hexdigest() != d.bundle.sha256:
                 raise AgentError(f"{d.bundle.url}: sha256 differs from the announced one (corrupted in transit?)")
             vb = await asyncio.to_thread(verify_bundle, path, self.trusted, Path(tmp) / "x",

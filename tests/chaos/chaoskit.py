@@ -128,7 +128,8 @@ class AgentProcess:
 
     def __init__(self, workdir: Path, *, broker_url: str, device_id: str, seed: Path, keys_dir: Path,
                  soak_s: float = 1.0, telemetry_interval_s: float = 0.1, max_spool: int = 10_000,
-                 state_dir: Path | None = None, netns: str | None = None, http_host: str = "127.0.0.1"):
+                 state_dir: Path | None = None, netns: str | None = None, http_host: str = "127.0.0.1",
+                 retry_min_s: float = 1.0):
         from servers import free_port
 
         self.workdir = Path(workdir)
@@ -146,7 +147,8 @@ class AgentProcess:
             "mqtt": {"url": broker_url, "device_id": device_id, "telemetry_interval_s": telemetry_interval_s,
                      "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "keepalive_s": 5},
             "spool": {"max_messages": max_spool},
-            "ota": {"trusted_keys": [str(keys_dir / "signing.pub")], "soak_s": soak_s, "download_timeout_s": 10},
+            "ota": {"trusted_keys": [str(keys_dir / "signing.pub")], "soak_s": soak_s, "download_timeout_s": 10,
+                    "retry_min_s": retry_min_s},
         }))
         self.proc: subprocess.Popen | None = None
         self.starts = 0

@@ -81,12 +81,12 @@ def test_agent_sigkilled_at_random_ota_steps(pbroker, collector, versions, signi
     assert missing == {} and evicted == 0 and left == 0
 
 
-@pytest.mark.parametrize("mode", ["corrupt", "truncate"])
-def test_bad_download_keeps_the_verified_model(mode, pbroker, collector, versions, signing_keys, tmp_path, chaos_record):
+def test_corrupt_download_keeps_the_verified_model(pbroker, collector, versions, signing_keys, tmp_path, chaos_record):
+    """A download whose bytes differ from the announced sha256: failed for good, previous model kept."""
     _, _, keydir = signing_keys
     with BundleServer(tmp_path / "www") as web:
         url = web.add(versions["2.0.0"])
-        web.mode = mode
+        web.mode = "corrupt"
         agent = AgentProcess(tmp_path / "agent", broker_url=pbroker.url, device_id=DEVICE, seed=versions["1.0.0"],
                              keys_dir=keydir, soak_s=0.5).start()
         try:
@@ -94,23 +94,54 @@ def test_bad_download_keeps_the_verified_model(mode, pbroker, collector, version
             publish_retained(pbroker, [(topic(DEVICE, "desired"), desired_for(DEVICE, url, versions["2.0.0"]))])
             assert wait_until(lambda: "ota.failed" in collector.event_kinds(DEVICE), timeout=30), agent.tail()
             assert wait_until(lambda: (r := collector.reported.get(DEVICE)) is not None
-                              and r.ota_state == "rolled_back", timeout=10), (collector.reported.get(DEVICE),
-                                                                              collector.event_kinds(DEVICE))
+                              and r.ota_state == "rolled_back", timeout=10), collector.reported.get(DEVICE)
             failure = next(e for e in collector.events[DEVICE] if e.kind == "ota.failed")
-            assert agent.ready() and agent.served_version("tiny") == "1.0.0"
-            ptr = agent.slot_pointer()
-            assert ptr["active"]["version"] == "1.0.0" and ptr["active"]["sha256"] == file_sha256(versions["1.0.0"])
-            # a verified fix under a new version is accepted afterwards: the device is not stuck
-            web.mode = "ok"
+            _assert_serving(agent, versions, "1.0.0")
+            web.mode = "ok"  # a verified fix under a new version is accepted afterwards: the device is not stuck
             url3 = web.add(versions["3.0.0"])
             publish_retained(pbroker, [(topic(DEVICE, "desired"),
                                         desired_for(DEVICE, url3, versions["3.0.0"], generation=2))])
             assert wait_until(lambda: _settled(collector, "3.0.0"), timeout=60), agent.tail()
-            assert agent.served_version("tiny") == "3.0.0"
+            _assert_serving(agent, versions, "3.0.0")
         finally:
             agent.stop()
     last, evicted, _ = spool_state(agent)
     missing = collector.wait_complete({DEVICE: last}, timeout=20)
-    chaos_record.update(mode=mode, failure=failure.message, step=failure.data.get("step"), downloads=web.requests,
+    chaos_record.update(failure=failure.message, step=failure.data.get("step"), downloads=web.requests,
+                        missing=sum(map(len, missing.values())))
+    assert "sha256" in failure.message and missing == {} and evicted == 0
+
+
+def test_truncated_download_is_retried_and_then_installs(pbroker, collector, versions, signing_keys, tmp_path,
+                                                          chaos_record):
+    """A body cut short is a passing failure: the previous model keeps serving, the agent retries with
+    backoff, and once the server is healthy again the same bundle installs."""
+    _, _, keydir = signing_keys
+    with BundleServer(tmp_path / "www") as web:
+        url = web.add(versions["2.0.0"])
+        web.mode = "truncate"
+        agent = AgentProcess(tmp_path / "agent", broker_url=pbroker.url, device_id=DEVICE, seed=versions["1.0.0"],
+                             keys_dir=keydir, soak_s=0.5, retry_min_s=0.5).start()
+        try:
+            assert agent.wait_ready(60), agent.tail()
+            publish_retained(pbroker, [(topic(DEVICE, "desired"), desired_for(DEVICE, url, versions["2.0.0"]))])
+            assert wait_until(lambda: collector.event_kinds(DEVICE).count("ota.retry") >= 2, timeout=30), agent.tail()
+            _assert_serving(agent, versions, "1.0.0")
+            kinds = collector.event_kinds(DEVICE)
+            assert "ota.failed" not in kinds and "ota.download_failed" in kinds
+            web.mode = "ok"
+            assert wait_until(lambda: _settled(collector, "2.0.0"), timeout=60), agent.tail()
+            _assert_serving(agent, versions, "2.0.0")
+        finally:
+            agent.stop()
+    last, evicted, _ = spool_state(agent)
+    missing = collector.wait_complete({DEVICE: last}, timeout=20)
+    chaos_record.update(downloads=web.requests, retries=collector.event_kinds(DEVICE).count("ota.retry"),
                         missing=sum(map(len, missing.values())))
     assert missing == {} and evicted == 0
+
+
+def _assert_serving(agent: AgentProcess, versions, version: str) -> None:
+    assert agent.ready() and agent.served_version("tiny") == version
+    ptr = agent.slot_pointer()
+    assert ptr["active"]["version"] == version and ptr["active"]["sha256"] == file_sha256(versions[version])

@@ -143,6 +143,27 @@ def test_failed_bundle_is_not_retried_and_bad_desired_is_rejected(mosquitto, bun
     assert sim.sim.devices[0].model is None and report.ota_states == {"failed": 1}
 
 
+def test_transient_download_failure_is_retried_not_blacklisted(mosquitto, bundle_server, signing_keys):
+    url, root = bundle_server
+    _, _, keydir = signing_keys
+    script = SimScript.model_validate({"initial_model": {"name": "tiny", "version": "0.9.0"},
+                                       "ota": {"step_s": 0.01, "soak_s": 0, "retry_min_s": 0.2},
+                                       "devices": {"sim-00000": {"download": "truncated"}}})
+    with WireCollector(mosquitto.host, mosquitto.port) as col:
+        sim = _sim(mosquitto, 2, script, trusted_keys=[keydir / "signing.pub"]).start()
+        assert sim.wait_for(lambda s: s.report().connected == 2, timeout=20)
+        _publish(mosquitto, [(topic(f"sim-0000{i}", "desired"), _desired(f"sim-0000{i}", f"{url}/tiny.ekb", root / "tiny.ekb"))
+                             for i in range(2)])
+        assert sim.wait_for(lambda s: s.devices[0].ota.retries >= 2 and s.devices[1].ota.state == "installed", timeout=20)
+        sim.stop()
+    flaky, fine = sim.sim.devices
+    assert flaky.ota.failed == [] and flaky.model == ModelRef(name="tiny", version="0.9.0")
+    assert flaky.ota.state == "rolled_back" and "ota.failed" not in col.event_kinds("sim-00000")
+    kinds = col.event_kinds("sim-00000")
+    assert kinds.count("ota.download_failed") >= 3 and kinds.count("ota.retry") >= 3
+    assert fine.model == ModelRef(name="tiny", version="1.0.0")
+
+
 def test_scripted_latency_and_errors_show_in_telemetry(mosquitto):
     script = SimScript.model_validate({
         "initial_model": {"name": "m", "version": "1"},
