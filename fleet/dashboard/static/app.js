@@ -90,6 +90,7 @@
     document.getElementById("logout").hidden = true;
     document.getElementById("whoami").textContent = "";
     document.getElementById("login-error").textContent = message || "";
+    document.getElementById("token-input").value = "";  // never leave a secret in the form
     app.replaceChildren();
   }
 

@@ -182,6 +182,15 @@ def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bun
         assert by_title["Drift"]["points"] > 30
         assert "ota.installed" in b.text(b.wait("#events-table", contains="golden check passed"))
         b.screenshot(shots / "device.png")
+        # an admin edits tags and group in place; the API has them and the audit log says who
+        tags = b.wait("#tag-form input[name=tags]")
+        b.execute("arguments[0].value = 'line-3, canary'", {"element-6066-11e4-a52e-4f735466cecf": tags})
+        b.type(b.wait("#tag-form input[name=group]"), "eu")
+        b.click(b.wait("#tag-form button"))
+        assert "canary" in b.text(b.wait("#device-info", contains="canary"))
+        with fleet_ctx.database.session() as s:
+            dev = s.get(Device, "cam-1")
+            assert (dev.tags, dev.group) == (["line-3", "canary"], "eu")
         # a longer window is averaged into fewer, wider buckets by the API
         b.click(b.wait("#window-picker a[data-window='24h']"))
         b.wait("#window-picker strong", contains="24h")
@@ -228,6 +237,19 @@ def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bun
         b.click(b.wait("#new-rollout button"))
         assert "another running or paused rollout" in b.text(b.wait("#rollout-form-error", contains="rollout"))
         b.screenshot(shots / "rollouts.png")
+
+        # a read-only token sees everything but no buttons that change anything
+        b.click(b.wait("#logout"))
+        b.execute("document.getElementById('token-input').value = ''")
+        b.type(b.wait("#token-input"), tokens["read"])
+        b.click(b.wait("#login-form button"))
+        b.wait("#whoami", contains="(read)")
+        b.get(f"{served}/#/rollout/{rid}")
+        b.wait("#rollout-title", contains=rid)
+        assert b.find_all("#rollout-pause, #rollout-resume, #rollout-abort") == []
+        b.get(f"{served}/#/bundles")
+        b.wait("#bundles-table", contains="tiny@3.0.0")
+        assert b.find_all("#upload-form") == []
 
         # no script errors and no Content-Security-Policy violations on the way (the refused token's 401
         # and the bad selector's 422 are the expected failed requests)
