@@ -24,6 +24,7 @@ from edgekit.compress.context import Budget
 from edgekit.compress.onnxutil import load_onnx
 from edgekit.compress.passes.distill import DistillConfig
 from edgekit.compress.passes.export import ExportConfig
+from edgekit.compress.passes.qat import QATConfig
 from edgekit.compress.passes.quantize import QuantizeConfig
 from edgekit.compress.pipeline import Stage, Workspace
 from edgekit.compress.recipe import BundleInfo, DataSpec, ModelSpec
@@ -43,7 +44,7 @@ class SearchSpace:
     widths: tuple[int, ...] = (8, 16, 32)
     width_arg: str = "width"
     prune_ratios: tuple[float, ...] = (0.5, 0.75, 0.9)
-    epochs: int = 30
+    epochs: int = 20
     lr: float = 3e-3
     augment: str = "shift"
     calibration: str = "minmax"
@@ -65,11 +66,12 @@ def candidate_chains(space: SearchSpace, trainable: bool, labeled_images: bool) 
     if space.student:
         for w in space.widths:
             cfg = DistillConfig(student=space.student, student_kwargs={**space.extra_kwargs, space.width_arg: w},
-                                epochs=space.epochs, lr=space.lr, augment=aug)
+                                epochs=space.epochs, lr=space.lr, augment=aug, augment_copies=2, batch_size=128)
             chains.append((f"student-w{w}", [cfg, ExportConfig()]))
     elif trainable:
         for r in space.prune_ratios:
-            cfg = DistillConfig(derive_ratio=r, epochs=space.epochs, lr=space.lr, augment=aug)
+            cfg = DistillConfig(derive_ratio=r, epochs=space.epochs, lr=space.lr, augment=aug, augment_copies=2,
+                                batch_size=128)
             chains.append((f"pruned-{int(round(r * 100))}", [cfg, ExportConfig()]))
     return chains
 
@@ -132,9 +134,14 @@ def run_budget(*, model: ModelSpec, inputs: list[TensorSpec] | None, output_name
             rows += [row(s, ws) for s in stages]
             if stages[-1].artifact.kind == "onnx":
                 finals.append((f"{name}-fp32", stages[-1], passes))
-                for q in _precisions(ws, name, stages, space):
+                quantized = _precisions(ws, name, stages, space)
+                for q in quantized:
                     rows.append(row(q, ws))
                     finals.append((q.candidate, q, [*passes, *_cfgs_of(q)]))
+                if _qat_worth_it(ws, stages[-1], quantized, passes):
+                    rows_q, finals_q = _qat_candidate(ws, name, passes, space)
+                    rows += rows_q
+                    finals += finals_q
             advance(1)
 
     ok = [(n, s, p) for n, s, p in finals if not ws.meets(s.metrics)]
@@ -157,6 +164,28 @@ def run_budget(*, model: ModelSpec, inputs: list[TensorSpec] | None, output_name
                   preprocessing=preprocessing or {}, closest=closest,
                   extra={"mode": "budget", "search_space": {k: v for k, v in space.__dict__.items()},
                          "candidates": [{"id": n, "metrics": s.metrics} for n, s, _ in finals]})
+
+
+def _qat_worth_it(ws: Workspace, fp32: Stage, quantized: list[Stage], passes: list[PassConfig]) -> bool:
+    """PTQ missed the quality budget where the float model met it, and the model can be trained."""
+    metric = ws.ctx.metric.name
+    int8 = [q for q in quantized if q.artifact.meta.get("precision") in ("int8", "mixed")]
+    return (bool(int8) and ws.source.kind == "torch" and ws.source.format == "factory" and len(passes) >= 1
+            and ws.ctx.budget.quality_ok(metric, ws.ctx.baseline, fp32.metrics.get(metric, 0.0))
+            and not any(ws.ctx.budget.quality_ok(metric, ws.ctx.baseline, q.metrics.get(metric, 0.0)) for q in int8))
+
+
+def _qat_candidate(ws: Workspace, name: str, passes: list[PassConfig], space: SearchSpace):
+    """``…, qat, export, quantize`` for a candidate whose INT8 post-training quantization missed."""
+    chain = [*passes[:-1], QATConfig(), passes[-1],
+             QuantizeConfig(mode="static", calibration=space.calibration, strict=False)]
+    try:
+        stages = ws.run_chain(chain, candidate=f"{name}-qat-int8")
+    except CompressError as exc:
+        ws.ctx.log(f"[yellow]{name}-qat-int8: {exc}[/yellow]")
+        return [], []
+    rows = [row(s, ws) for s in stages[len(passes) - 1:]]
+    return rows, [(f"{name}-qat-int8", stages[-1], chain)]
 
 
 def _cfgs_of(stage: Stage) -> list[PassConfig]:

@@ -5,7 +5,9 @@ Importable without torch: everything heavy is imported inside the command.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -42,6 +44,26 @@ def _floats(text: str | None, what: str, cast=float):
         raise ConfigError(f"{what} {text!r}: expected comma-separated numbers") from exc
 
 
+@contextlib.contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so a pass in flight removes its temporary folder from the cache."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def compress(
     recipe: Path | None = typer.Option(None, "--recipe", help="YAML recipe (version: 1); other model/data options are then ignored."),
     model: str | None = typer.Option(None, "--model", help="module:factory, or a .onnx / .pt2 / TorchScript file."),
@@ -58,24 +80,37 @@ def compress(
     student: str | None = typer.Option(None, "--student", help="Student module:factory taking a width argument (else derived by pruning)."),
     widths: str = typer.Option("8,16,32", "--widths", help="Student widths to try."),
     prune_ratios: str = typer.Option("0.5,0.75,0.9", "--prune-ratios", help="Channel fractions to prune when deriving students."),
-    epochs: int = typer.Option(30, "--epochs", min=1, help="Distillation epochs per student."),
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Distillation epochs per student."),
     name: str = typer.Option("model", "--name", help="Bundle name."),
     version: str = typer.Option("1.0.0", "--version", help="Bundle version."),
     out: Path = typer.Option(..., "--out", help="Output folder (bundle, reports, key when generated)."),
     key: Path | None = typer.Option(None, "--key", help="ed25519 signing key (PEM); generated into --out when absent."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Artifact cache (default: OUT/.cache)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.01, max=0.99),
+    bench_iterations: int = typer.Option(200, "--bench-iterations", min=1, help="Timed runs per latency measurement."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Compress a PyTorch/ONNX model into a signed bundle: from a recipe, or by searching a budget."""
-    from pydantic import ValidationError
     from rich.console import Console
 
     console = Console(stderr=True)
+    with _term_as_interrupt():
+        result = _run(recipe, model, checkpoint, inputs, outputs, data, metric, target, max_accuracy_drop,
+                      min_fidelity, latency_ms, max_size_mb, student, widths, prune_ratios, epochs, name, version,
+                      out, key, cache_dir, val_fraction, bench_iterations, quiet, console)
+    _summary(result, console)
+
+
+def _run(recipe, model, checkpoint, inputs, outputs, data, metric, target, max_accuracy_drop, min_fidelity,
+         latency_ms, max_size_mb, student, widths, prune_ratios, epochs, name, version, out, key, cache_dir,
+         val_fraction, bench_iterations, quiet, console):
+    from pydantic import ValidationError
+
     if recipe is not None:
         from edgekit.compress.run import run_recipe_file
 
-        result = run_recipe_file(recipe, out, key=key, cache_dir=cache_dir, quiet=quiet, console=console)
+        result = run_recipe_file(recipe, out, key=key, cache_dir=cache_dir, quiet=quiet, console=console,
+                                 bench_iterations=bench_iterations)
     else:
         if not model or not data:
             raise ConfigError("give --recipe, or --model and --data (budget mode)")
@@ -99,8 +134,12 @@ def compress(
             model=spec, inputs=[parse_input_spec(i) for i in inputs] if inputs else None,
             output_names=list(outputs) if outputs else None, data=data_spec, metric=metric, target=target,
             budget=budget, out_dir=out, space=space, info=info, key=key, cache_dir=cache_dir, base_dir=Path.cwd(),
-            quiet=quiet, console=console,
+            quiet=quiet, console=console, bench_iterations=bench_iterations,
         )
+    return result
+
+
+def _summary(result, console) -> None:
     r = result.report
     chosen = next((row for row in r["rows"] if row["id"] == r["chosen"]), None)
     console.print(f"[green]bundle[/green] {result.bundle}")

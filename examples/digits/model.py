@@ -50,13 +50,17 @@ class ResNetTeacher(nn.Module):
 
 
 class Student(nn.Module):
-    """Three conv-BN-ReLU stages with pooling; ``width`` sets the channels (w, 2w, 4w)."""
+    """A stride-2 stem and two conv-BN-ReLU stages with pooling; ``width`` sets the channels (w, 2w, 4w).
+
+    The stem samples 32×32 down to 16×16 (digits hold 8×8 of information): w=16 is ~24K parameters and
+    ~0.6M MACs against the teacher's ~1.9M parameters and ~19M MACs.
+    """
 
     def __init__(self, width: int = 16, classes: int = 10):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(1, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(w, 2 * w, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(2 * w, 4 * w, 3, 1, 1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(),
         )

@@ -23,7 +23,7 @@ def _cli(args: list[str]) -> int:
 
 def test_recipe_builds_a_verified_bundle_with_lineage_and_reports(res_recipe, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _cli(["compress", "--recipe", str(res_recipe), "--out", str(out), "--quiet"]) == 0
+    assert _cli(["compress", "--recipe", str(res_recipe), "--out", str(out), "--quiet", "--bench-iterations", "20"]) == 0
     err = capsys.readouterr().err
     assert "generated" in err and "signing.key" in err  # the generated key is announced
     bundle = out / "tinyres-0.1.0.ekb"
@@ -49,7 +49,7 @@ def test_recipe_builds_a_verified_bundle_with_lineage_and_reports(res_recipe, tm
     # Re-run: every pass is a cache hit, and the same model comes out.
     out2 = tmp_path / "out2"
     assert _cli(["compress", "--recipe", str(res_recipe), "--out", str(out2), "--quiet",
-                 "--cache-dir", str(out / ".cache"), "--key", str(out / "signing.key")]) == 0
+                 "--cache-dir", str(out / ".cache"), "--key", str(out / "signing.key"), "--bench-iterations", "20"]) == 0
     report2 = json.loads((out2 / "report.json").read_text())
     assert all(r["cached"] for r in report2["rows"][1:])
     assert report2["model_sha256"] == report["model_sha256"]
@@ -66,7 +66,7 @@ def test_bad_recipe_exits_1_with_the_line(res_recipe, tmp_path, capsys):
 def test_budget_mode_picks_fastest_within_budget_or_says_none(workdir, tmp_path, capsys):
     args = ["compress", "--model", "tiny_models:TinyResNet", "--checkpoint", str(workdir / "res.pt"),
             "--input", "image:float32:batch,1,16,16", "--output", "logits", "--data", str(workdir / "images.npz"),
-            "--student", "tiny_models:TinyResNet", "--widths", "4", "--epochs", "1", "--quiet",
+            "--student", "tiny_models:TinyResNet", "--widths", "4", "--epochs", "1", "--quiet", "--bench-iterations", "20",
             "--max-accuracy-drop", "100", "--name", "tiny"]
     out = tmp_path / "b"
     assert _cli([*args, "--out", str(out)]) == 0

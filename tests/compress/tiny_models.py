@@ -168,3 +168,20 @@ class Unexportable(nn.Module):
 
     def forward(self, x):
         return self.fc(self.spectral(self.conv(x)))
+
+
+class OutlierNet(nn.Module):
+    """Classifies the blob quadrant exactly, through one feature scaled by 1e4 and scaled back in the
+    head: per-tensor INT8 on that activation wipes out the other features, so only keeping the
+    sensitive nodes in float restores the accuracy."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool2d(8)
+        self.register_buffer("gain", torch.tensor([1e4, 1.0, 1.0, 1.0]))
+        self.head = nn.Linear(4, 4, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.diag(1.0 / self.gain))
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.pool(x), 1) * self.gain)

@@ -82,6 +82,12 @@ class SampleReader:
     def __len__(self) -> int:
         return len(self._data)
 
+    def __iter__(self):
+        # qdq_loss_debug.collect_activations iterates the reader instead of calling get_next
+        self.rewind()
+        while (item := self.get_next()) is not None:
+            yield item
+
 
 def _types(cfg: QuantizeConfig, ctx: PassContext):
     from onnxruntime.quantization import QuantType

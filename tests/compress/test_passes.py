@@ -1,0 +1,113 @@
+"""Individual pass behaviour on tiny models: QAT, unstructured pruning, prune-then-distill with feature
+matching, accuracy-aware INT8 fallback, dynamic INT8, FP16 and the TensorRT skip record."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgekit.compress.context import Budget
+from edgekit.compress.passes import (
+    DistillConfig,
+    ExportConfig,
+    PruneConfig,
+    QATConfig,
+    QuantizeConfig,
+    TensorRTConfig,
+)
+from edgekit.compress.pipeline import Workspace
+from edgekit.compress.recipe import DataSpec, ModelSpec
+from edgekit.compress.torchio import load_module
+from edgekit.manifest import TensorSpec
+
+IMAGE = [TensorSpec(name="image", dtype="float32", shape=["batch", 1, 16, 16])]
+
+
+@pytest.fixture(scope="module")
+def ws(workdir, tmp_path_factory):
+    return Workspace(model=ModelSpec(factory="tiny_models:TinyResNet", checkpoint=str(workdir / "res.pt")),
+                     inputs=IMAGE, output_names=["logits"], data=DataSpec(source=str(workdir / "images.npz")),
+                     metric="accuracy", target="x86-avx2", budget=Budget(max_accuracy_drop=100),
+                     cache_dir=tmp_path_factory.mktemp("cache"), base_dir=workdir, quiet=True, bench_iterations=5)
+
+
+def test_qat_bakes_weights_onto_the_int8_grid(ws):
+    (stage,) = ws.run_chain([QATConfig(epochs=1)])
+    model = load_module(stage.artifact)
+    w = model.stem[0].weight.detach().reshape(model.stem[0].weight.shape[0], -1)
+    scale = w.abs().amax(1, keepdim=True) / 127
+    q = w / scale
+    assert torch.allclose(q, q.round(), atol=1e-3), "QAT output weights must sit on their INT8 grid"
+    assert not any("parametrizations" in k for k in model.state_dict())
+
+
+def test_unstructured_pruning_reaches_the_sparsity(ws):
+    (stage,) = ws.run_chain([PruneConfig(method="unstructured", ratio=0.6)])
+    assert stage.records[0].metrics["sparsity"] == pytest.approx(0.6, abs=0.02)
+    model = load_module(stage.artifact)
+    assert float((model.b1.conv1.weight == 0).float().mean()) > 0.3
+    assert model.fc.weight.ne(0).all(), "the head is never pruned"
+
+
+def test_prune_then_distill_with_feature_matching(ws):
+    cfg = DistillConfig(derive_ratio=0.5, epochs=1, feature_pairs=[("b1", "b1")], augment="shift")
+    (stage,) = ws.run_chain([cfg])
+    student = load_module(stage.artifact)
+    assert student.b1.conv1.out_channels < 16
+    rec = stage.records[0].metrics
+    assert rec["student_params"] < 0.6 * rec["teacher_params"]
+
+
+def test_accuracy_aware_fallback_keeps_sensitive_nodes_in_float(workdir, tmp_path):
+    ws = Workspace(model=ModelSpec(factory="tiny_models:OutlierNet"), inputs=IMAGE, output_names=["logits"],
+                   data=DataSpec(source=str(workdir / "images.npz")), metric="accuracy", target="x86-avx2",
+                   budget=Budget(max_accuracy_drop=1.0), cache_dir=tmp_path / "c", base_dir=workdir, quiet=True,
+                   bench_iterations=5)
+    assert ws.ctx.baseline > 0.95
+    export = ws.run_chain([ExportConfig()])[-1]
+    plain = ws.run_chain([QuantizeConfig(calibration_samples=64, fallback=False, strict=False)],
+                         start=export.artifact)[-1]
+    assert plain.metrics["accuracy"] < ws.ctx.baseline - 0.2, "INT8 must hurt this model for the test to mean anything"
+    (stage,) = ws.run_chain([QuantizeConfig(calibration_samples=64, max_fallback_nodes=8)], start=export.artifact)
+    params = stage.records[0].params
+    assert params["nodes_to_exclude"], "sensitive nodes were kept in float"
+    names = {n.name for n in onnx.load(export.artifact.onnx_path).graph.node}
+    assert set(params["nodes_to_exclude"]) <= names | {n.name for n in onnx.load(stage.artifact.onnx_path).graph.node}
+    assert stage.metrics["accuracy"] >= ws.ctx.baseline - 0.01
+    assert stage.trials[0]["excluded"] == 0 and stage.trials[-1]["excluded"] == len(params["nodes_to_exclude"])
+    assert stage.artifact.meta["precision"] == "mixed"
+    # Strict mode with no fallback allowed fails with the gap named.
+    from edgekit.errors import BudgetError
+
+    with pytest.raises(BudgetError, match="INT8 quantization misses the quality budget: accuracy"):
+        ws.run_chain([QuantizeConfig(calibration_samples=64, fallback=False)], start=export.artifact)
+
+
+def test_dynamic_int8_and_fp16_and_tensorrt_skip(workdir, tmp_path):
+    ws = Workspace(model=ModelSpec(factory="tiny_models:TinyEncoder", checkpoint=str(workdir / "enc.pt")),
+                   inputs=[TensorSpec(name="input_ids", dtype="int64", shape=["batch", 12]),
+                           TensorSpec(name="attention_mask", dtype="int64", shape=["batch", 12])],
+                   output_names=["logits"], data=DataSpec(source=str(workdir / "tokens.npz")), metric="accuracy",
+                   target="x86-avx2", budget=Budget(max_accuracy_drop=100), cache_dir=tmp_path / "c",
+                   base_dir=workdir, quiet=True, bench_iterations=5)
+    export = ws.run_chain([ExportConfig()])[-1]
+    dyn = ws.run_chain([QuantizeConfig(mode="dynamic")], start=export.artifact)[-1]
+    ops = {n.op_type for n in onnx.load(dyn.artifact.onnx_path).graph.node}
+    assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}
+    fp16 = ws.run_chain([QuantizeConfig(mode="fp16")], start=export.artifact)[-1]
+    model = onnx.load(fp16.artifact.onnx_path)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64  # I/O types kept
+    assert np.isfinite(fp16.metrics["accuracy"])
+    trt = ws.run_chain([TensorRTConfig()], start=export.artifact)[-1]
+    rec = trt.records[0]
+    from runtimes.trt import TensorRTRuntime
+
+    ok, why = TensorRTRuntime().available()
+    if ok:
+        assert rec.params["skipped"] is False and rec.metrics["engine_mb"] > 0
+    else:
+        assert rec.params["skipped"] is True and rec.params["reason"] == why
+        assert trt.artifact.sha256 == export.artifact.sha256 and "tensorrt skipped" in trt.notes[0]
