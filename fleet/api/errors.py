@@ -18,6 +18,8 @@ from edgekit.errors import (
     RolloutError,
     UntrustedKeyError,
 )
+from fleet.auth import TokenNotFoundError
+from fleet.registry import BundleConflictError, BundleNotFoundError
 
 __all__ = ["NotFoundError", "install_error_handlers", "status_for"]
 
@@ -30,9 +32,6 @@ class NotFoundError(FleetError):
 
 def status_for(exc: EdgekitError) -> int:
     """The HTTP status of an edgekit error (most specific class first)."""
-    from fleet.auth import TokenNotFoundError
-    from fleet.registry import BundleConflictError, BundleNotFoundError
-
     if isinstance(exc, NotFoundError | BundleNotFoundError | TokenNotFoundError):
         return 404
     if isinstance(exc, BundleConflictError):
