@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edgekit.compress.artifact import Artifact
 from edgekit.compress.data import ArraySet, DataSplits
 from edgekit.compress.metrics import Metric
 from edgekit.profiles import DeviceProfile
@@ -65,7 +66,7 @@ class PassContext:
     baseline: float | None = None
     reference_outputs: dict[str, np.ndarray] | None = None
     #: the source model (teacher for ``distill``, reference for parity and fidelity)
-    source: object | None = None
+    source: Artifact | None = None
     base_dir: Path = field(default_factory=Path.cwd)
     seed: int = 0
     threads: int | None = None
