@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, literal, select
 
 from fleet.api.deps import Admin, Ctx, Reader
 from fleet.api.errors import NotFoundError
@@ -105,20 +105,31 @@ def list_devices(
     limit: int = Query(500, ge=1, le=5000), offset: int = Query(0, ge=0),
 ) -> list[DeviceOut]:
     sel = parse_selector(selector)
-    q = select(Device).order_by(Device.id)
-    # push what SQL can answer down; tags (a JSON list) are matched in Python
+    conds = []
     if "id" in sel.clauses:
-        q = q.where(Device.id.in_(sel.clauses["id"]))
+        conds.append(Device.id.in_(sel.clauses["id"]))
     if "group" in sel.clauses:
-        q = q.where(Device.group.in_(sel.clauses["group"]))
+        conds.append(Device.group.in_(sel.clauses["group"]))
     if "profile" in sel.clauses:
-        q = q.where(Device.profile.in_(sel.clauses["profile"]))
+        conds.append(Device.profile.in_(sel.clauses["profile"]))
     if online is not None:
-        q = q.where(Device.online.is_(online))
+        conds.append(Device.online.is_(online))
     with ctx.database.session() as s:
-        rows = [d for d in s.scalars(q) if sel.matches(d)]
-    response.headers["X-Total-Count"] = str(len(rows))
-    return [DeviceOut.from_row(d) for d in rows[offset: offset + limit]]
+        if "tag" in sel.clauses:
+            conds.append(_has_any_tag(s.get_bind().dialect.name, sel.clauses["tag"]))
+        total = s.scalar(select(func.count()).select_from(Device).where(*conds)) or 0
+        rows = s.scalars(select(Device).where(*conds).order_by(Device.id).offset(offset).limit(limit)).all()
+        out = [DeviceOut.from_row(d) for d in rows if sel.matches(d)]  # the selector has the last word
+    response.headers["X-Total-Count"] = str(total)
+    return out
+
+
+def _has_any_tag(dialect: str, tags: frozenset[str]):
+    """SQL for "the device's JSON tag list holds one of ``tags``" (SQLite ``json_each``, PostgreSQL
+    ``json_array_elements_text``), so filtering and paging happen in the database."""
+    fn = func.json_each if dialect == "sqlite" else func.json_array_elements_text
+    elems = fn(Device.tags).table_valued("value").alias("device_tag")
+    return exists(select(literal(1)).select_from(elems).where(elems.c.value.in_(sorted(tags))))
 
 
 @router.get("/overview", summary="Fleet overview: online/offline, versions, profiles, groups, OTA states")

@@ -32,6 +32,7 @@ def ids(resp):
     return [d["id"] for d in resp.json()]
 
 
+@BOTH_DATABASES
 def test_list_and_selectors(client, read_h, fleet3):
     assert ids(client.get("/api/v1/devices", headers=read_h)) == ["cam-1", "cam-2", "cam-3"]
     assert ids(client.get("/api/v1/devices", params={"selector": "tag=line-3"}, headers=read_h)) == ["cam-1", "cam-2"]
@@ -45,6 +46,9 @@ def test_list_and_selectors(client, read_h, fleet3):
     assert ids(r) == ["cam-3"] and r.headers["x-total-count"] == "1"
     page = client.get("/api/v1/devices", params={"limit": 1, "offset": 1}, headers=read_h)
     assert ids(page) == ["cam-2"] and page.headers["x-total-count"] == "3"
+    tagged = client.get("/api/v1/devices", params={"selector": "tag=line-3,lab", "limit": 1, "offset": 1},
+                        headers=read_h)
+    assert ids(tagged) == ["cam-2"] and tagged.headers["x-total-count"] == "2"  # filtered and paged in SQL
 
 
 @pytest.mark.parametrize("sel, fragment", [("colour=red", "unknown key 'colour'"), ("", "empty selector"),
@@ -54,6 +58,7 @@ def test_bad_selector_is_422(client, read_h, fleet3, sel, fragment):
     assert r.status_code == 422 and fragment in r.json()["detail"]
 
 
+@BOTH_DATABASES
 def test_overview(client, read_h, fleet3):
     o = client.get("/api/v1/overview", headers=read_h).json()
     assert (o["devices"], o["online"], o["offline"]) == (3, 2, 1)
