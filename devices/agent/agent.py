@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -91,7 +92,9 @@ class Agent:
             self.mqtt = MqttLink(cfg.mqtt, self.spool, birth=self._birth, on_desired=self._on_desired)
         self.ota = OtaManager(
             cfg.ota, SlotStore(self.state_dir), self.host, profile=self.profile, trusted=self.trusted,
-            device_id=cfg.mqtt.device_id, threads=cfg.runtime_threads, runtime=runtime,
+            device_id=cfg.mqtt.device_id, runtime=runtime,
+            # the profile's thread count, but never more than this host has (no oversubscription)
+            threads=cfg.runtime_threads or min(self.profile.threads, os.cpu_count() or 1),
             engine_cache=self.state_dir / "engines",
             hooks=OtaHooks(event=self._event, reported=self._reported, model_changed=self._model_changed,
                            state_changed=self.metrics.set_ota_state),
