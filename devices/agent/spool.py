@@ -50,7 +50,9 @@ class Spool:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL: durable across process crashes
+            # FULL: a committed message survives power loss too (devices get unplugged); the spool's
+            # write rate (telemetry interval, events) is far below what an fsync per commit costs.
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             # Whatever is left from a previous run was never acknowledged: replay it, marked as such.
             self._db.execute("UPDATE messages SET deferred = 1")
