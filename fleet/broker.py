@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -43,6 +45,17 @@ def _wait_port(host: str, port: int, timeout: float, alive=lambda: True) -> None
         except OSError:
             time.sleep(0.05)
     raise FleetError(f"the MQTT broker did not listen on {host}:{port} within {timeout:.0f}s")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the fleet process dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() still terminates it on a clean exit
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -100,8 +113,12 @@ class EmbeddedBroker:
             "max_queued_messages 100000\n"
             "max_inflight_messages 0\n"
             f"log_dest file {self.workdir / 'mosquitto.log'}\n"
+            # as root, mosquitto would switch to the 'mosquitto' user: it could then not write its
+            # persistence into our data dir, and Linux would drop the parent-death signal set below
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
-        self._proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      preexec_fn=_die_with_parent)
         try:
             _wait_port("127.0.0.1" if host in ("0.0.0.0", "") else host, port, 10.0,
                        alive=lambda: self._proc is not None and self._proc.poll() is None)

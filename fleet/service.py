@@ -8,7 +8,9 @@ Every start migrates the database first. Nothing here runs at import.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 
 from edgekit.errors import FleetError
@@ -167,7 +169,7 @@ def serve(settings: FleetSettings, *, announce=print) -> None:
                         settings.public_url)
         app = create_app(ctx, public_downloads=settings.public_downloads)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
-        server = uvicorn.Server(config)
+        server = _server_class(uvicorn)(config)
         server.run()
         if not server.started:
             raise FleetError(f"the HTTP API could not listen on {settings.host}:{settings.port} (port in use?)")
@@ -175,3 +177,27 @@ def serve(settings: FleetSettings, *, announce=print) -> None:
         service.stop()
 
 
+
+
+def _server_class(uvicorn):
+    """uvicorn's Server, except that SIGTERM/SIGINT are not re-raised after its shutdown.
+
+    uvicorn re-raises a captured signal once it has stopped, which would kill this process before
+    ``serve`` stops the broker it started (leaving an orphan mosquitto) and turn a clean stop into
+    exit code -15. Here the signal only asks the server to exit; ``serve`` then stops everything.
+    """
+
+    class FleetServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return FleetServer

@@ -67,3 +67,23 @@ def test_port_in_use_is_a_clear_error(tmp_path):
         s = load_settings(data_dir=tmp_path, broker_port=port, broker_host="127.0.0.1")
         with pytest.raises(FleetError, match="already in use"):
             EmbeddedBroker(s).start()
+
+
+def test_mosquitto_keeps_retained_desired_state_across_restarts(tmp_path):
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto binary not installed (apt-get install mosquitto)")
+    s = load_settings(data_dir=tmp_path, broker_port=free_port(), broker_host="127.0.0.1")
+    with EmbeddedBroker(s):
+        assert roundtrip(s.broker_port) == b"hello"
+    assert (tmp_path / "broker" / "mosquitto.db").exists(), "persistence written to the data dir"
+    got, done = [], threading.Event()
+    with EmbeddedBroker(s):
+        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        c.on_message = lambda c, u, m: (got.append(m.payload), done.set())
+        c.connect("127.0.0.1", s.broker_port)
+        c.loop_start()
+        c.subscribe("edgekit/v1/+/desired", qos=1)
+        done.wait(5)
+        c.loop_stop()
+        c.disconnect()
+    assert got == [b"hello"], "the retained desired state survived the broker's restart"

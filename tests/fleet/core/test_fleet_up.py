@@ -144,7 +144,39 @@ def test_fleet_up_push_devices_rollout(fleet_up, bundles, tmp_path):
     dev.disconnect()
 
 
-def test_second_start_prints_no_token_and_bad_config_is_one_line(tmp_path):
+def _start_and_read(data: Path, port: int, broker_port: int) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen(
+        [*EDGEKIT, "fleet", "up", "--data-dir", str(data), "--port", str(port), "--host", "127.0.0.1",
+         "--broker-port", str(broker_port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Uvicorn running" in line or "Application startup complete" in line:
+            break
+    return proc, lines
+
+
+def test_only_the_first_start_prints_an_admin_token(tmp_path):
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto binary not installed (apt-get install mosquitto)")
+    data = tmp_path / "fleet"
+    outputs = []
+    for _ in range(2):
+        proc, lines = _start_and_read(data, free_port(), free_port())
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        outputs.append("".join(lines))
+        assert proc.returncode == 0, outputs[-1]
+    assert "admin token (shown once" in outputs[0]
+    assert "admin token" not in outputs[1] and "edgekit fleet: API" in outputs[1]
+    assert "no trusted signing keys configured" in outputs[0], "a fleet that refuses every upload says so"
+
+
+def test_bad_config_is_one_line(tmp_path):
     cfg = tmp_path / "fleet.yaml"
     cfg.write_text("port: not-a-port\n")
     r = subprocess.run([*EDGEKIT, "fleet", "up", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
