@@ -201,7 +201,16 @@ class Simulator:
 
     async def run(self, duration_s: float | None = None, stop: asyncio.Event | None = None,
                   on_progress: Callable[[SimReport], None] | None = None, progress_every_s: float = 10.0) -> SimReport:
-        """Run until ``duration_s`` passes or ``stop`` is set; then drain and disconnect cleanly."""
+        """Run until ``duration_s`` passes or ``stop`` is set; then drain and disconnect cleanly.
+
+        The broker must accept connections at the start (a clear :class:`ConfigError` otherwise); later
+        outages are what devices ride out with their spools."""
+        host, port = broker_address(self.cfg.broker_url)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5.0)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConfigError(f"cannot reach the MQTT broker at {host}:{port}: {exc or 'timed out'}") from exc
+        writer.close()
         self._build()
         assert self.loops is not None
         self.loops.start()

@@ -213,7 +213,8 @@ def test_bad_scripts_are_config_errors(tmp_path, text, suffix, message):
     ("argv", "message"),
     [(["--broker", "http://x"], "mqtt://host:port"), (["--broker", "mqtt://h:1", "--prefix", "a/b"], "prefix"),
      (["--broker", "mqtt://h:1", "--download", "maybe"], "--download"),
-     (["--broker", "mqtt://h:1", "--script", "/nonexistent.yaml"], "cannot read")],
+     (["--broker", "mqtt://h:1", "--script", "/nonexistent.yaml"], "cannot read"),
+     (["--broker", "mqtt://127.0.0.1:1"], "cannot reach the MQTT broker")],
 )
 def test_simulate_cli_rejects_bad_input(argv, message, capsys):
     with pytest.raises(SystemExit) as ei:
