@@ -158,7 +158,9 @@ def _apply_status(d: Device, st: wire.Status, received_at: datetime, res: BatchR
         if st.profile:
             d.profile = st.profile
         if st.tags:
-            d.tags = list(st.tags)
+            # device-declared tags are added to those an operator set through the API, never replace them
+            current = list(d.tags or [])
+            d.tags = current + [t for t in st.tags if t not in current]
             d.group = _group_from_tags(st.tags) or d.group
         if st.model is not None:
             d.active_name, d.active_version = st.model.name, st.model.version

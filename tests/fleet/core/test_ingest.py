@@ -87,6 +87,12 @@ def test_ingest_stores_dedups_and_counts_invalid(mosquitto, settings, db):
         assert (d.active_name, d.active_version, d.ota_state, d.reported_generation) == ("tiny", "1.0.0", "installed", 3)
         assert d.golden_passed is True and d.agent_version == "0.1.0"
         assert s.get(Device, "cam-2") is None, "a spoofed payload registers nothing"
+        s.get(Device, "cam-1").tags = ["line-3", "group=eu", "operator-tag"]  # as edited through the API
+    with Ingest(settings, db) as ing:  # the device is born again (reconnect) with a new tag of its own
+        pub(c, "cam-1", "status", wire.Status(device_id="cam-1", state="online", tags=["line-3", "new"]), retain=True)
+        assert wait_for(lambda: ing.stats.stored >= 1) and ing.wait_idle()
+    with db.session() as s:
+        assert s.get(Device, "cam-1").tags == ["line-3", "group=eu", "operator-tag", "new"]
     c.loop_stop()
     c.disconnect()
 
