@@ -27,6 +27,7 @@ from edgekit.bundle import verify_bundle
 from edgekit.errors import BundleError, FleetError
 from edgekit.signing import PublicKey
 from edgekit.wire import BundleRef
+from fleet.artifacts import ArtifactStore
 from fleet.db.base import Database
 from fleet.db.models import Bundle, utcnow
 
@@ -95,9 +96,11 @@ def _sha256(path: Path) -> str:
 class BundleRegistry:
     """Upload, list, inspect and locate bundles (rows in ``bundles``, bytes in ``store``)."""
 
-    def __init__(self, database: Database, store: Path, trusted_keys: list[PublicKey], public_url: str):
+    def __init__(self, database: Database, store: Path, trusted_keys: list[PublicKey], public_url: str,
+                 *, artifacts: ArtifactStore | None = None):
         self.database = database
         self.store = Path(store)
+        self.artifacts = artifacts or ArtifactStore(self.store)
         self.trusted_keys = list(trusted_keys)
         self.public_url = public_url.rstrip("/")
 
@@ -125,17 +128,7 @@ class BundleRegistry:
                 "versions are immutable, publish a new version"
             )
         rel = f"{digest[:2]}/{digest}.ekb"
-        target = self.store / rel
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmpname = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-            os.close(fd)
-            try:
-                shutil.copyfile(path, tmpname)
-                os.replace(tmpname, target)
-            except BaseException:
-                Path(tmpname).unlink(missing_ok=True)
-                raise
+        self.artifacts.put(path, rel)
         row = Bundle(
             name=m.name, version=m.version, sha256=digest, size=size,
             manifest=m.model_dump(mode="json", by_alias=True), key_id=verified.key_id,
@@ -186,9 +179,10 @@ class BundleRegistry:
     def file_path(self, name: str, version: str) -> Path:
         """The stored file to serve for ``name@version``."""
         info = self.get(name, version)
-        p = self.store / info.path
-        if not p.is_file():
-            raise BundleNotFoundError(f"{name}@{version} is registered but its file {p} is missing from the store")
+        p = self.artifacts.local_path(info.path)
+        if p is None:
+            raise BundleNotFoundError(f"{name}@{version} is registered but its file {info.path} is missing "
+                                      "from the artifact store")
         return p
 
     def download_url(self, name: str, version: str) -> str:

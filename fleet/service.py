@@ -15,6 +15,7 @@ import threading
 
 from edgekit.errors import FleetError
 from edgekit.signing import PublicKey, load_public_keys
+from fleet.artifacts import ArtifactStore
 from fleet.broker import EmbeddedBroker
 from fleet.context import FleetContext
 from fleet.db.base import Database
@@ -47,7 +48,8 @@ def build_context(settings: FleetSettings, publisher: DesiredPublisher, *, datab
     db = database or Database(settings.database)
     upgrade(db)
     keys = trusted_keys(settings)
-    registry = BundleRegistry(db, settings.artifacts, keys, settings.public_url or "")
+    artifacts = ArtifactStore(settings.artifacts, settings.artifact_store)
+    registry = BundleRegistry(db, settings.artifacts, keys, settings.public_url or "", artifacts=artifacts)
     manager = RolloutManager(db, registry, publisher)
     return FleetContext(settings=settings, database=db, registry=registry, rollouts=manager,
                         publisher=publisher, ingest_stats=stats or IngestStats(), trusted_keys=keys)

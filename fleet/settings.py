@@ -40,8 +40,11 @@ class FleetSettings(BaseSettings):
     #: MQTT credentials for an external broker (optional)
     broker_username: str | None = None
     broker_password: str | None = None
-    #: where verified bundles are stored, by sha256; default ``{data_dir}/artifacts``
+    #: where verified bundles are stored, by sha256; default ``{data_dir}/artifacts`` (a local cache when
+    #: ``artifact_store`` is set)
     artifact_dir: Path | None = None
+    #: object store shared by replicas, e.g. ``s3://bucket/edgekit-bundles`` (any ``pyarrow.fs`` URI)
+    artifact_store: str | None = None
     #: HTTP API and dashboard
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)

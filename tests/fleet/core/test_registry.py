@@ -74,3 +74,33 @@ def test_refuses_untrusted_tampered_and_conflicting(empty_registry, bundles, tmp
 def test_parse_bundle_ref_refuses(text):
     with pytest.raises(FleetError, match="NAME@VERSION"):
         parse_bundle_ref(text)
+
+
+def test_object_store_is_shared_by_replicas(db, tmp_path, signing_keys, bundles):
+    """Two replicas with their own local caches share one object store (``file://`` stands in for s3://)."""
+    pytest.importorskip("pyarrow", reason="pyarrow (object-store access) is not installed")
+    from fleet.artifacts import ArtifactStore
+
+    _, pub, _ = signing_keys
+    remote = f"file://{tmp_path / 'bucket' / 'bundles'}"
+    a = BundleRegistry(db, tmp_path / "cache-a", [pub], "http://a", artifacts=ArtifactStore(tmp_path / "cache-a", remote))
+    b = BundleRegistry(db, tmp_path / "cache-b", [pub], "http://b", artifacts=ArtifactStore(tmp_path / "cache-b", remote))
+    info = a.upload(bundles["2.0.0"])
+    assert (tmp_path / "bucket" / "bundles" / info.path).read_bytes() == bundles["2.0.0"].read_bytes()
+    assert not (tmp_path / "cache-b" / info.path).exists()
+    served = b.file_path("tiny", "2.0.0")  # replica B fetches it on first use
+    assert served == tmp_path / "cache-b" / info.path and served.read_bytes() == bundles["2.0.0"].read_bytes()
+    (tmp_path / "bucket" / "bundles" / info.path).unlink()
+    assert b.file_path("tiny", "2.0.0") == served, "the local cache serves without the store"
+    (tmp_path / "cache-a" / info.path).unlink()
+    with pytest.raises(BundleNotFoundError, match="missing from the artifact store"):
+        a.file_path("tiny", "2.0.0")
+
+
+def test_bad_object_store_uri_is_a_config_error(tmp_path):
+    pytest.importorskip("pyarrow", reason="pyarrow (object-store access) is not installed")
+    from edgekit.errors import ConfigError
+    from fleet.artifacts import ArtifactStore
+
+    with pytest.raises(ConfigError, match="artifact_store"):
+        ArtifactStore(tmp_path, "nosuchscheme://x/y")
