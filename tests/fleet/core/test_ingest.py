@@ -170,3 +170,27 @@ def test_database_errors_are_retried_without_losing_messages(mosquitto, settings
         c.disconnect()
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Telemetry)) == 20
+
+
+def test_ingest_survives_a_broker_restart(mosquitto, settings, db):
+    with Ingest(settings, db) as ing:
+        c = publisher(mosquitto, "before")
+        pub(c, "cam-8", "telemetry", wire.Telemetry(device_id="cam-8", seq=1))
+        assert wait_for(lambda: ing.stats.stored >= 1)
+        c.loop_stop()
+        c.disconnect()
+        mosquitto.stop()
+        time.sleep(0.5)
+        mosquitto.start()
+        # the ingest reconnects by itself and subscribes again
+        c = publisher(mosquitto, "after")
+
+        def delivered():
+            c.publish(wire.topic("cam-8", "telemetry"), wire.encode(wire.Telemetry(device_id="cam-8", seq=2)), qos=1)
+            return wait_for(lambda: ing.stats.stored + ing.stats.duplicates >= 2, timeout=1.0)
+
+        assert wait_for(delivered, timeout=30), "ingest did not resume after the broker came back"
+        c.loop_stop()
+        c.disconnect()
+    with db.session() as s:
+        assert sorted(s.scalars(select(Telemetry.seq).where(Telemetry.device_id == "cam-8"))) == [1, 2]
