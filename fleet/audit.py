@@ -24,7 +24,7 @@ from edgekit.errors import FleetError
 from edgekit.manifest import canonical_json
 from fleet.db.web_models import AuditEntry
 
-__all__ = ["GENESIS", "ChainReport", "entry_hash", "head", "record", "verify_chain"]
+__all__ = ["GENESIS", "ChainReport", "enforce_append_only", "entry_hash", "head", "record", "verify_chain"]
 
 GENESIS = "0" * 64
 _PG_LOCK_KEY = 0x6564676B6974  # "edgkit": serialises appends across fleet replicas on PostgreSQL
@@ -102,6 +102,34 @@ def _lock_for_append(session: Session) -> None:
         # a write statement takes SQLite's single RESERVED lock (waiting up to busy_timeout) and opens
         # the transaction; it changes nothing
         session.execute(text("UPDATE audit_log SET seq = seq WHERE 1 = 0"))
+
+
+_SQLITE_GUARDS = [
+    f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{verb.lower()} BEFORE {verb} ON audit_log "
+    "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
+    for verb in ("UPDATE", "DELETE")
+]
+_PG_GUARDS = [
+    "CREATE OR REPLACE FUNCTION edgekit_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$",
+    "CREATE OR REPLACE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+    "FOR EACH ROW EXECUTE FUNCTION edgekit_audit_append_only()",
+    "CREATE OR REPLACE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log "
+    "FOR EACH STATEMENT EXECUTE FUNCTION edgekit_audit_append_only()",
+]
+
+
+def enforce_append_only(where: Session | Any) -> None:
+    """Install database triggers that refuse UPDATE, DELETE (and TRUNCATE on PostgreSQL) of audit
+    entries (idempotent). Someone with DDL rights can still drop them: the hash chain is what detects
+    that; the triggers stop accidents and casual edits."""
+    with _scope(where) as session:
+        dialect = session.get_bind().dialect.name
+        stmts = _SQLITE_GUARDS if dialect == "sqlite" else _PG_GUARDS if dialect == "postgresql" else []
+        if dialect == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})  # replicas race
+        for stmt in stmts:
+            session.execute(text(stmt))
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,12 @@ import anyio
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 
 from edgekit.errors import ConfigError
 from fleet.api.errors import install_error_handlers
 from fleet.api.routes import audit, bundles, devices, health, rollouts, telemetry, tokens
+from fleet.audit import enforce_append_only
 from fleet.context import FleetContext
 
 if TYPE_CHECKING:  # the analytics stack (pyiceberg, pyarrow) is imported only when the sync runs
@@ -41,12 +43,18 @@ _PAGE_HEADERS = {
 }
 
 
-def _analytics_lifespan(ctx: FleetContext, analytics: AnalyticsSettings | None):
-    """Run the Iceberg sync loop while the app runs (stopped, with a last sync, at shutdown)."""
+def _lifespan(ctx: FleetContext, analytics: AnalyticsSettings | None):
+    """At start-up: make the audit log append-only in the database; run the Iceberg sync loop while
+    the app runs (stopped, with a last sync, at shutdown)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from fleet.analytics.settings import load_analytics_settings
+
+        try:
+            await anyio.to_thread.run_sync(enforce_append_only, ctx.database)
+        except SQLAlchemyError as exc:  # the hash chain still detects tampering; say so and serve
+            log.warning("audit log append-only triggers not installed: %s", exc)
 
         try:
             settings = analytics or load_analytics_settings()
@@ -81,7 +89,7 @@ def create_app(ctx: FleetContext, *, public_downloads: bool = False,
     (``EDGEKIT_ANALYTICS_ENABLED=false`` turns it off).
     """
     app = FastAPI(
-        lifespan=_analytics_lifespan(ctx, analytics),
+        lifespan=_lifespan(ctx, analytics),
         title="edgekit fleet manager",
         version="1",
         summary="Devices, bundles, health-gated rollouts, telemetry and the audit log of an edgekit fleet.",

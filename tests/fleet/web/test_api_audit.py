@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fleet_web_helpers import drop_guards
 from sqlalchemy import text
 
 #: run on SQLite and on the real PostgreSQL server (skipped, naming what is missing, without one)
@@ -32,6 +33,7 @@ def test_verify_detects_tampering(client, admin_h, read_h, fleet_ctx):
     _make_history(client, admin_h)
     ok = client.get("/api/v1/audit/verify", headers=read_h).json()
     assert ok["ok"] is True and ok["entries"] == 3 and ok["head_seq"] == 3
+    drop_guards(fleet_ctx.database)  # the app made the table append-only; an attacker drops that first
     with fleet_ctx.database.engine.begin() as c:
         c.execute(text("UPDATE audit_log SET actor = 'innocent' WHERE seq = 2"))
     bad = client.get("/api/v1/audit/verify", headers=read_h).json()
@@ -41,6 +43,7 @@ def test_verify_detects_tampering(client, admin_h, read_h, fleet_ctx):
 def test_verify_with_noted_head_detects_truncation(client, admin_h, read_h, fleet_ctx):
     _make_history(client, admin_h)
     head = client.get("/api/v1/audit/verify", headers=read_h).json()
+    drop_guards(fleet_ctx.database)
     with fleet_ctx.database.engine.begin() as c:
         c.execute(text("DELETE FROM audit_log WHERE seq = 3"))
     params = {"head_seq": head["head_seq"], "head_hash": head["head_hash"]}

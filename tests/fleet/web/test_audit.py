@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from fleet_web_helpers import drop_guards
 from sqlalchemy import text
 
 from fleet.audit import GENESIS, head, record, verify_chain
@@ -145,3 +146,27 @@ def test_record_and_verify_accept_a_database_or_context(web_db):
     assert head(SimpleNamespace(database=web_db))[0] == 2
     with pytest.raises(FleetError, match="needs a Session"):
         record(object(), "ops", "x", "y")
+
+
+def test_database_refuses_edits_and_deletes(web_db):
+    from sqlalchemy.exc import DatabaseError
+
+    from fleet.audit import enforce_append_only
+
+    _fill(web_db, 3)
+    enforce_append_only(web_db)
+    enforce_append_only(web_db)  # idempotent
+    for sql in ("UPDATE audit_log SET actor = 'x' WHERE seq = 2", "DELETE FROM audit_log WHERE seq = 3"):
+        with pytest.raises(DatabaseError, match="append-only"), web_db.engine.begin() as c:
+            c.execute(text(sql))
+    if web_db.engine.dialect.name == "postgresql":
+        with pytest.raises(DatabaseError, match="append-only"), web_db.engine.begin() as c:
+            c.execute(text("TRUNCATE audit_log"))
+    with web_db.session() as s:
+        record(s, "tester", "still.appends", "x")  # appending is unaffected (incl. SQLite's lock trick)
+    assert _verify(web_db).ok and _verify(web_db).entries == 4
+    # someone with DDL rights drops the guard and edits: the chain still catches it
+    drop_guards(web_db)
+    with web_db.engine.begin() as c:
+        c.execute(text("UPDATE audit_log SET actor = 'x' WHERE seq = 2"))
+    assert _verify(web_db).bad_seq == 2
