@@ -7,6 +7,11 @@
 - **Fast path**: the paho network thread only appends ``(topic, payload, time)`` to a queue; a writer
   thread validates with :func:`edgekit.wire.decode` and writes in batches (flush by size or time) with
   :func:`fleet.store.store_batch`, de-duplicating replays by ``(device, seq)``.
+- **Nothing lost while the fleet is down**: the ingest is an MQTT 5 client with a stable id
+  (``edgekit-fleet-ingest-{replica_id}``) and a session that outlives disconnects for
+  ``ingest_session_expiry_s`` (1 h by default), so the broker queues telemetry and events for it during
+  a restart. A replica removed for good should be given that long to be forgotten: brokers keep
+  offering it its share of the shared subscription until its session expires.
 - **Never fatal**: a bad topic or payload is counted (``invalid``) and logged; a database error keeps the
   batch and retries it, so nothing acknowledged is dropped while the process lives. ``stop()`` drains
   the queue before returning.
@@ -202,11 +207,13 @@ class Ingest:
             raise FleetError("ingest already started")
         self._writer = threading.Thread(target=self._run, name="fleet-ingest-writer", daemon=True)
         self._writer.start()
-        client = new_client(self.settings, "ingest")
+        expiry = self.settings.ingest_session_expiry_s
+        client = new_client(self.settings, "ingest", v5=True,
+                            client_id=f"edgekit-fleet-ingest-{self.settings.replica_id}" if expiry else None)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         try:
-            connect_client(client, self.settings)
+            connect_client(client, self.settings, session_expiry_s=expiry or None)
         except FleetError:
             self._queue.put(_STOP)
             self._writer.join()

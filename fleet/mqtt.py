@@ -31,22 +31,35 @@ class DesiredPublisher(Protocol):
     def publish(self, device_id: str, desired: Desired | None) -> None: ...
 
 
-def new_client(settings: FleetSettings, role: str) -> mqtt.Client:
-    """A paho v2 client with a unique id (``edgekit-fleet-{role}-xxxx``) and the configured credentials."""
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"edgekit-fleet-{role}-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv311,
-        clean_session=True,
-    )
+def new_client(settings: FleetSettings, role: str, *, client_id: str | None = None, v5: bool = False) -> mqtt.Client:
+    """A paho v2 client (MQTT 3.1.1, or 5 with ``v5``) with the configured credentials.
+
+    Without ``client_id`` the id is unique (``edgekit-fleet-{role}-xxxx``) and the session clean.
+    """
+    if v5:
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                             client_id=client_id or f"edgekit-fleet-{role}-{uuid.uuid4().hex[:8]}",
+                             protocol=mqtt.MQTTv5)
+    else:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"edgekit-fleet-{role}-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
     if settings.broker_username:
         client.username_pw_set(settings.broker_username, settings.broker_password)
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     return client
 
 
-def connect_client(client: mqtt.Client, settings: FleetSettings, *, timeout: float = 10.0) -> None:
-    """Connect and start the network loop; waits for CONNACK. Reconnects automatically afterwards."""
+def connect_client(client: mqtt.Client, settings: FleetSettings, *, timeout: float = 10.0,
+                   session_expiry_s: int | None = None) -> None:
+    """Connect and start the network loop; waits for CONNACK. Reconnects automatically afterwards.
+
+    ``session_expiry_s`` (MQTT 5 clients only): keep the session, and the messages the broker queues
+    for it, across disconnects for that long (``clean_start=False``).
+    """
     host, port = settings.broker_address
     connected = threading.Event()
     previous = client.on_connect
@@ -58,8 +71,16 @@ def connect_client(client: mqtt.Client, settings: FleetSettings, *, timeout: flo
             connected.set()
 
     client.on_connect = on_connect
+    kwargs: dict = {}
+    if session_expiry_s:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = int(session_expiry_s)
+        kwargs = {"clean_start": False, "properties": props}
     try:
-        client.connect(host, port, keepalive=30)
+        client.connect(host, port, keepalive=30, **kwargs)
     except OSError as exc:
         raise FleetError(f"cannot reach the MQTT broker at {host}:{port}: {exc}") from exc
     client.loop_start()

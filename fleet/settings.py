@@ -60,6 +60,11 @@ class FleetSettings(BaseSettings):
     shared_group: str = Field(default="edgekit-fleet", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     #: run the rollout state machine in this process; with several replicas, enable it in exactly one
     rollout_ticker: bool = True
+    #: this replica's name: the ingest's MQTT client id is ``edgekit-fleet-ingest-{replica_id}``
+    replica_id: str = Field(default_factory=lambda: _default_replica_id(), pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: the broker keeps the ingest's session (and queues telemetry for it) this long while the fleet is
+    #: down or restarting, so nothing sent meanwhile is lost; 0 = clean sessions (MQTT 5 session expiry)
+    ingest_session_expiry_s: int = Field(default=3600, ge=0, le=2**32 - 1)
     #: how often the rollout state machine is ticked
     tick_interval_s: float = Field(default=2.0, gt=0, le=3600)
     #: ingest writer: flush when this many messages are queued, or after this many seconds
@@ -123,6 +128,13 @@ class FleetSettings(BaseSettings):
     def artifacts(self) -> Path:
         """The resolved artifact store folder."""
         return self.artifact_dir or self.data_dir / "artifacts"
+
+
+def _default_replica_id() -> str:
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "fleet"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -164,7 +164,8 @@ def round_both(port: int, messages: int, workdir: Path) -> dict[str, Any]:
 
     data = workdir / f"both-{time.time_ns()}"
     data.mkdir(parents=True)
-    settings = load_settings(data_dir=data, broker_url=f"mqtt://127.0.0.1:{port}")
+    # each round is a fresh replica: no session left behind to take a share of the next round's stream
+    settings = load_settings(data_dir=data, broker_url=f"mqtt://127.0.0.1:{port}", ingest_session_expiry_s=0)
     db = Database(settings.database)
     upgrade(db)
     ing = Ingest(settings, db).start()
@@ -212,7 +213,8 @@ def round_ingest(port: int, messages: int, workdir: Path) -> dict[str, Any]:
 
     data = workdir / f"ingest-{time.time_ns()}"
     data.mkdir(parents=True)
-    settings = load_settings(data_dir=data, broker_url=f"mqtt://127.0.0.1:{port}")
+    # each round is a fresh replica: no session left behind to take a share of the next round's stream
+    settings = load_settings(data_dir=data, broker_url=f"mqtt://127.0.0.1:{port}", ingest_session_expiry_s=0)
     db = Database(settings.database)
     upgrade(db)
     ing = Ingest(settings, db).start()

@@ -119,7 +119,8 @@ def test_last_will_marks_device_offline_and_birth_online(mosquitto, settings, db
 
 
 def test_two_replicas_split_telemetry_through_the_shared_subscription(mosquitto, settings, db):
-    a, b = Ingest(settings, db), Ingest(settings, db)
+    a = Ingest(settings.model_copy(update={"replica_id": "replica-a"}), db)
+    b = Ingest(settings.model_copy(update={"replica_id": "replica-b"}), db)
     with a, b:
         c = publisher(mosquitto)
         for seq in range(1, 201):
@@ -194,3 +195,35 @@ def test_ingest_survives_a_broker_restart(mosquitto, settings, db):
         c.disconnect()
     with db.session() as s:
         assert sorted(s.scalars(select(Telemetry.seq).where(Telemetry.device_id == "cam-8"))) == [1, 2]
+
+
+def test_telemetry_sent_while_the_fleet_is_down_is_not_lost(mosquitto, settings, db):
+    """The ingest's MQTT 5 session outlives a fleet restart: the broker queues what devices send meanwhile."""
+    with Ingest(settings, db) as ing:
+        assert ing.wait_idle()
+    c = publisher(mosquitto)  # the fleet manager is down now
+    for seq in range(1, 51):
+        c.publish(wire.topic("cam-3", "telemetry"), wire.encode(wire.Telemetry(device_id="cam-3", seq=seq)),
+                  qos=1).wait_for_publish(5)
+    pub(c, "cam-3", "events", wire.Event(device_id="cam-3", seq=51, kind="boot"))
+    c.loop_stop()
+    c.disconnect()
+    with Ingest(settings, db) as ing:  # restarted: same replica id, same session
+        assert wait_for(lambda: ing.stats.received >= 51)
+        assert ing.wait_idle()
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Telemetry)) == 50
+        assert s.scalar(select(func.count()).select_from(Event)) == 1
+
+
+def test_clean_sessions_when_expiry_is_zero(mosquitto, settings, db):
+    clean = settings.model_copy(update={"ingest_session_expiry_s": 0})
+    with Ingest(clean, db) as ing:
+        assert ing.wait_idle()
+    c = publisher(mosquitto)
+    pub(c, "cam-4", "telemetry", wire.Telemetry(device_id="cam-4", seq=1))
+    c.loop_stop()
+    c.disconnect()
+    with Ingest(clean, db) as ing:
+        time.sleep(1.0)
+        assert ing.stats.received == 0, "a clean session does not get what was sent while it was away"
