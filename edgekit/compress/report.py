@@ -42,6 +42,9 @@ def _markdown(r: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         m = row["metrics"]
+        if row.get("skipped"):
+            lines.append(f"| {row['id']} | skipped: {'; '.join(row.get('notes', []))} |  |  |  |  |  |  |")
+            continue
         mark = " ⭐" if row.get("id") == r.get("chosen") else ""
         lines.append(
             f"| {row['id']}{mark} | {_fmt(m.get(metric))} | {_fmt(m.get('p50_ms'))} | {_fmt(m.get('p95_ms'))} | "
@@ -49,7 +52,7 @@ def _markdown(r: dict[str, Any]) -> str:
             f"{'yes' if not row.get('violations') else '; '.join(row['violations'])} |"
         )
     for row in r["rows"]:
-        for note in row.get("notes", []):
+        for note in [] if row.get("skipped") else row.get("notes", []):
             lines.append(f"\n> {row['id']}: {note}")
     if r.get("closest"):
         lines += ["", "## Closest candidates (none met every budget)", ""]

@@ -111,3 +111,19 @@ def test_dynamic_int8_and_fp16_and_tensorrt_skip(workdir, tmp_path):
     else:
         assert rec.params["skipped"] is True and rec.params["reason"] == why
         assert trt.artifact.sha256 == export.artifact.sha256 and "tensorrt skipped" in trt.notes[0]
+
+
+def test_unlabeled_data_is_budgeted_by_fidelity(workdir, tmp_path):
+    x = np.load(workdir / "images.npz")["x"]
+    np.savez(tmp_path / "unlabeled.npz", image=x)
+    ws = Workspace(model=ModelSpec(factory="tiny_models:TinyResNet", checkpoint=str(workdir / "res.pt")),
+                   inputs=IMAGE, output_names=["embedding"], data=DataSpec(source=str(tmp_path / "unlabeled.npz")),
+                   metric="accuracy", target="x86-avx2", budget=Budget(min_fidelity=0.95), cache_dir=tmp_path / "c",
+                   base_dir=workdir, quiet=True, bench_iterations=5)
+    assert not ws.data.labeled and ws.ctx.metric.name == "fidelity"
+    assert ws.ctx.baseline == pytest.approx(1.0)
+    stages = ws.run_chain([PruneConfig(ratio=0.3, finetune_epochs=1), ExportConfig(), QuantizeConfig(calibration_samples=32)])
+    for s in stages:
+        assert 0.0 < s.metrics["fidelity"] <= 1.0 + 1e-6
+    assert (stages[-1].metrics["fidelity"] >= 0.95) == (not ws.meets(stages[-1].metrics))
+    assert ws.meets({"fidelity": 0.5}) == ["fidelity 0.5000 vs source 1.0000"]
