@@ -207,13 +207,13 @@ class Ingest:
             raise FleetError("ingest already started")
         self._writer = threading.Thread(target=self._run, name="fleet-ingest-writer", daemon=True)
         self._writer.start()
-        expiry = self.settings.ingest_session_expiry_s
-        client = new_client(self.settings, "ingest", v5=True,
+        expiry, v5 = self.settings.ingest_session_expiry_s, self.settings.mqtt_v5
+        client = new_client(self.settings, "ingest", v5=v5, clean_session=not expiry,
                             client_id=f"edgekit-fleet-ingest-{self.settings.replica_id}" if expiry else None)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         try:
-            connect_client(client, self.settings, session_expiry_s=expiry or None)
+            connect_client(client, self.settings, session_expiry_s=(expiry or None) if v5 else None)
         except FleetError:
             self._queue.put(_STOP)
             self._writer.join()

@@ -31,10 +31,12 @@ class DesiredPublisher(Protocol):
     def publish(self, device_id: str, desired: Desired | None) -> None: ...
 
 
-def new_client(settings: FleetSettings, role: str, *, client_id: str | None = None, v5: bool = False) -> mqtt.Client:
+def new_client(settings: FleetSettings, role: str, *, client_id: str | None = None, v5: bool = False,
+               clean_session: bool = True) -> mqtt.Client:
     """A paho v2 client (MQTT 3.1.1, or 5 with ``v5``) with the configured credentials.
 
-    Without ``client_id`` the id is unique (``edgekit-fleet-{role}-xxxx``) and the session clean.
+    Without ``client_id`` the id is unique (``edgekit-fleet-{role}-xxxx``). ``clean_session`` applies to
+    MQTT 3.1.1 (MQTT 5 sessions are set at connect time, see :func:`connect_client`).
     """
     if v5:
         client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
@@ -45,7 +47,7 @@ def new_client(settings: FleetSettings, role: str, *, client_id: str | None = No
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or f"edgekit-fleet-{role}-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv311,
-            clean_session=True,
+            clean_session=clean_session,
         )
     if settings.broker_username:
         client.username_pw_set(settings.broker_username, settings.broker_password)

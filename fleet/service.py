@@ -105,6 +105,8 @@ class FleetService:
         try:
             if s.broker_url == "embedded":
                 self.broker = EmbeddedBroker(s).start()
+                if self.broker.kind == "amqtt":  # the trial broker speaks MQTT 3.1.1 only
+                    s = self.settings = s.model_copy(update={"mqtt_v5": False})
             self.publisher = MqttDesiredPublisher(s).start()
             ctx = build_context(s, self.publisher)
             self.ctx = ctx

@@ -62,6 +62,9 @@ class FleetSettings(BaseSettings):
     rollout_ticker: bool = True
     #: this replica's name: the ingest's MQTT client id is ``edgekit-fleet-ingest-{replica_id}``
     replica_id: str = Field(default_factory=lambda: _default_replica_id(), pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: speak MQTT 5 for the ingest (session expiry); false for MQTT 3.1.1-only brokers (then a persistent
+    #: 3.1.1 session without expiry when ``ingest_session_expiry_s`` > 0)
+    mqtt_v5: bool = True
     #: the broker keeps the ingest's session (and queues telemetry for it) this long while the fleet is
     #: down or restarting, so nothing sent meanwhile is lost; 0 = clean sessions (MQTT 5 session expiry)
     ingest_session_expiry_s: int = Field(default=3600, ge=0, le=2**32 - 1)

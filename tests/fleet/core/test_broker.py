@@ -87,3 +87,38 @@ def test_mosquitto_keeps_retained_desired_state_across_restarts(tmp_path):
         c.loop_stop()
         c.disconnect()
     assert got == [b"hello"], "the retained desired state survived the broker's restart"
+
+
+def test_fleet_without_mosquitto_runs_on_the_trial_broker(tmp_path, monkeypatch, caplog):
+    """No mosquitto binary: the fleet starts amqtt (MQTT 3.1.1) and its ingest still works end to end."""
+    pytest.importorskip("amqtt", reason="amqtt not installed (pip install 'edgekit[fleet]')")
+    import time
+
+    from edgekit import wire
+    from fleet.db.models import Device
+    from fleet.service import FleetService
+
+    monkeypatch.setattr("fleet.broker.find_mosquitto", lambda: None)
+    s = load_settings(data_dir=tmp_path, broker_port=free_port(), broker_host="127.0.0.1", port=free_port())
+    caplog.set_level(logging.WARNING, logger="fleet.broker")
+    service = FleetService(s)
+    ctx = service.start()
+    try:
+        assert service.broker.kind == "amqtt" and "FOR TRIALS ONLY" in caplog.text
+        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="trial-dev")
+        c.connect("127.0.0.1", s.broker_port)
+        c.loop_start()
+        c.publish(wire.topic("trial-dev", "status"), wire.encode(wire.Status(device_id="trial-dev", state="online")),
+                  qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        online = False
+        while time.monotonic() < deadline and not online:
+            with ctx.database.session() as db:
+                d = db.get(Device, "trial-dev")
+                online = bool(d and d.online)
+            time.sleep(0.1)
+        c.loop_stop()
+        c.disconnect()
+        assert online
+    finally:
+        service.stop()
