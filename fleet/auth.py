@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from edgekit.errors import ConfigError, FleetError
@@ -43,6 +43,7 @@ __all__ = [
     "verify_token",
 ]
 
+_PG_LOCK_KEY = 0x656B746F6B656E  # "ektoken"
 _TOKEN = re.compile(r"^ekt_([0-9a-f]{16})_([A-Za-z0-9_-]{20,128})$")
 #: last_used_at is refreshed at most this often, so a busy dashboard does not write on every GET
 _TOUCH_EVERY = timedelta(seconds=60)
@@ -154,6 +155,7 @@ def ensure_admin_token(ctx: FleetContext | Database, name: str = "admin") -> str
     """
     db = getattr(ctx, "database", ctx)
     with db.session() as s:
+        _serialise(s)  # two replicas starting together must not both mint a first admin token
         exists = s.scalar(
             select(ApiToken.id).where(ApiToken.scope == "admin", ApiToken.revoked_at.is_(None)).limit(1)
         )
@@ -163,6 +165,15 @@ def ensure_admin_token(ctx: FleetContext | Database, name: str = "admin") -> str
         record(s, "system", "token.create", f"token:{info.id}", {"name": info.name, "scope": "admin",
                                                                     "reason": "first start"})
     return secret
+
+
+def _serialise(session: Session) -> None:
+    """Hold the database's write lock (SQLite) or a transaction-scoped advisory lock (PostgreSQL)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+    elif dialect == "sqlite":
+        session.execute(text("UPDATE api_tokens SET name = name WHERE 1 = 0"))
 
 
 def _bearer(request: Request) -> str | None:

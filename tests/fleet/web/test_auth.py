@@ -73,3 +73,23 @@ def test_ensure_admin_token_only_once(web_db):
         assert verify_token(s, first).is_admin
         actions = s.execute(text("SELECT action FROM audit_log")).scalars().all()
     assert actions == ["token.create"]
+
+
+def test_concurrent_first_starts_mint_one_admin_token(web_db):
+    import threading
+
+    results: list[str | None] = []
+    barrier = threading.Barrier(4)
+
+    def start():
+        barrier.wait()
+        results.append(ensure_admin_token(web_db))
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len([r for r in results if r]) == 1
+    with web_db.session() as s:
+        assert len(list_tokens(s)) == 1
