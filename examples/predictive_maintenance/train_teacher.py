@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import sys
 import time
@@ -30,7 +31,8 @@ if __package__ in (None, ""):  # run as a file: make ``examples.predictive_maint
 
 from examples.predictive_maintenance.data import CLASSES, FEATURES, ORDERS, make_split, model_inputs  # noqa: E402
 
-__all__ = ["FACTORY", "TeacherResult", "evaluate", "input_specs", "load_teacher", "main", "split_inputs", "train"]
+__all__ = ["FACTORY", "TeacherResult", "evaluate", "input_specs", "load_teacher", "main", "render_recipe",
+           "split_inputs", "train"]
 
 FACTORY = "examples.predictive_maintenance.model:bearing_cnn"
 HERE = Path(__file__).resolve().parent
@@ -142,6 +144,25 @@ def load_teacher(out: Path):
     return model.eval(), TeacherResult(meta)
 
 
+def render_recipe(text: str, *, width: int, quick: bool = False) -> str:
+    """A recipe template for this teacher: its width; ``quick`` shortens distillation and timing (tests)."""
+    text = re.sub(r"kwargs: \{width: \d+\}", f"kwargs: {{width: {width}}}", text)
+    if quick:
+        text = re.sub(r"(student_kwargs: \{width: )\d+", r"\g<1>8", text)
+        text = re.sub(r"epochs: \d+", "epochs: 2", text)
+        text = re.sub(r"evaluate: \{iterations: \d+\}", "evaluate: {iterations: 30}", text)
+        # a smoke-test teacher is barely trained: check the pipeline, not the quality
+        text = re.sub(r"budget: \{max_accuracy_drop: [\d.]+\}", "budget: {max_accuracy_drop: 100}", text)
+    return text
+
+
+def _write_companions(out: Path, *, width: int, quick: bool) -> None:
+    """``model.py`` and the recipes next to the weights, so ``edgekit compress --recipe`` finds everything."""
+    shutil.copyfile(HERE / "model.py", out / "model.py")
+    for name in RECIPES:
+        (out / name).write_text(render_recipe((HERE / name).read_text(), width=width, quick=quick))
+
+
 def _settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -149,14 +170,20 @@ def _settings_hash(settings: dict) -> str:
 def main(argv: list[str] | None = None) -> TeacherResult:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("demo-out/pdm/teacher"), help="output folder")
-    ap.add_argument("--width", type=int, default=64, help="channel width of the CNN (teacher: 64)")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--width", type=int, default=None, help="channel width of the CNN (teacher: 64)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
     ap.add_argument("--per-class", type=int, default=None, help="training windows per class (default: 500)")
     ap.add_argument("--eval-per-class", type=int, default=None, help="validation/field windows per class")
+    ap.add_argument("--quick", action="store_true",
+                    help="a tiny teacher and short recipes, for smoke tests (not a useful model)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--force", action="store_true", help="retrain even if OUT holds a teacher with these settings")
     args = ap.parse_args(argv)
+    quick = {"width": 16, "epochs": 2, "per_class": 40, "eval_per_class": 20} if args.quick else {}
+    for name, default in (("width", 64), ("epochs", 8), ("per_class", None), ("eval_per_class", None)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick.get(name, default))
     for name in ("width", "epochs", "per_class", "eval_per_class"):
         v = getattr(args, name)
         if v is not None and v < 1:
@@ -167,13 +194,14 @@ def main(argv: list[str] | None = None) -> TeacherResult:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = {"width": args.width, "epochs": args.epochs, "per_class": args.per_class,
-                "eval_per_class": args.eval_per_class, "seed": args.seed}
+                "eval_per_class": args.eval_per_class, "seed": args.seed, "quick": args.quick}
     out: Path = args.out
     meta_path = out / "teacher.json"
-    done = all((out / f).is_file() for f in ("teacher.pt", "pdm.npz", "model.py", *RECIPES))
+    done = all((out / f).is_file() for f in ("teacher.pt", "pdm.npz"))
     if not args.force and meta_path.is_file() and done:
         meta = json.loads(meta_path.read_text())
         if meta.get("settings_sha") == _settings_hash(settings):
+            _write_companions(out, width=args.width, quick=args.quick)  # cheap: keeps them current
             print(f"teacher already trained in {out} (macro-F1 val {meta['metrics']['val']['macro_f1']:.4f}, "
                   f"field {meta['metrics']['field']['macro_f1']:.4f}); --force retrains")
             return TeacherResult(meta)
@@ -189,8 +217,7 @@ def main(argv: list[str] | None = None) -> TeacherResult:
     with open(out / "pdm.npz.tmp", "wb") as fh:
         np.savez(fh, **arrays)
     (out / "pdm.npz.tmp").replace(out / "pdm.npz")
-    for name in ("model.py", *RECIPES):
-        shutil.copyfile(HERE / name, out / name)
+    _write_companions(out, width=args.width, quick=args.quick)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tmp = out / "teacher.pt.tmp"
     torch.save(state, tmp)
