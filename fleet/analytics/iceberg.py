@@ -38,6 +38,7 @@ from pyiceberg.types import (
 )
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import defer
 
 from edgekit.errors import ConfigError, FleetError
 from fleet.analytics.settings import AnalyticsSettings
@@ -290,6 +291,8 @@ class IcebergSync:
     def _read_batch(self, spec: _TableSpec, after_id: int, cap: int) -> list[dict[str, Any]]:
         model = spec.model
         stmt = select(model).where(model.id > after_id, model.id <= cap)
+        if model is Telemetry:  # the whole message is not copied: its fields are
+            stmt = stmt.options(defer(Telemetry.payload))
         stmt = stmt.order_by(model.id).limit(self.settings.batch_size)
         with self.database.session() as s:
             return [spec.to_row(r) for r in s.scalars(stmt)]

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
+from sqlalchemy.orm import defer
 
 from fleet.api.deps import Ctx, Reader
 from fleet.api.errors import NotFoundError
@@ -55,7 +56,7 @@ def series(
 ) -> dict[str, Any]:
     _known(ctx, device_id)
     rows_limit = MAX_BUCKETED_ROWS if bucket_s else limit
-    q = select(Telemetry).where(Telemetry.device_id == device_id)
+    q = select(Telemetry).options(defer(Telemetry.payload)).where(Telemetry.device_id == device_id)
     if since is not None:
         q = q.where(Telemetry.ts >= since)
     if until is not None:
