@@ -1,1 +1,3 @@
 """One router per resource under ``/api/v1``."""
+
+__all__: list[str] = []

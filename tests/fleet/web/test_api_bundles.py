@@ -92,6 +92,10 @@ def test_garbage_upload_is_4xx(client, admin_h, payload):
 def test_upload_without_file_field_is_422(client, admin_h):
     r = client.post("/api/v1/bundles", data={"x": "y"}, headers=admin_h)
     assert r.status_code == 422 and "file" in r.json()["detail"]
+    r = client.post("/api/v1/bundles", data={"file": "not a file"}, headers=admin_h)
+    assert r.status_code == 422 and "file" in r.json()["detail"]
+    r = client.post("/api/v1/bundles", content=b"raw bytes", headers={**admin_h, "content-type": "application/octet-stream"})
+    assert r.status_code == 422
 
 
 def test_version_conflict_is_409(client, admin_h, tiny_bundle, tmp_path, tiny_onnx, signing_keys):
