@@ -197,11 +197,20 @@ class IcebergSync:
         return f"{self.settings.namespace}.{table}"
 
     def table(self, spec: _TableSpec) -> Table:
-        """Load (creating on first use) the Iceberg table of ``spec``."""
+        """Load (creating on first use) the Iceberg table of ``spec``; a table written by an older
+        edgekit gains the columns added since (schema evolution by name, never a rewrite)."""
         self.catalog.create_namespace_if_not_exists(self.settings.namespace)
-        return self.catalog.create_table_if_not_exists(
+        table = self.catalog.create_table_if_not_exists(
             self.identifier(spec.name), schema=spec.schema, partition_spec=_day_spec()
         )
+        have = {f.name for f in table.schema().fields}
+        missing = [f.name for f in spec.schema.fields if f.name not in have]
+        if missing:
+            log.info("analytics: adding column(s) %s to %s", ", ".join(missing), self.identifier(spec.name))
+            with table.update_schema() as update:
+                update.union_by_name(spec.schema)
+            table = self.catalog.load_table(self.identifier(spec.name))
+        return table
 
     def sync(self, *, wait: bool = True) -> SyncResult:
         """Append every settled row past each table's watermark; returns the rows written.

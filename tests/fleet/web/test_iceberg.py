@@ -215,3 +215,21 @@ def test_analytics_off_by_environment(fleet_ctx):
     with TestClient(create_app(fleet_ctx)) as c:  # EDGEKIT_ANALYTICS_ENABLED=false (conftest)
         assert c.get("/healthz").json()["analytics"] == {"enabled": False}
     assert not (fleet_ctx.settings.data_dir / "analytics").exists()
+
+
+def test_table_from_an_older_schema_gains_new_columns(web_db, tmp_path):
+    """A table an older edgekit created (fewer columns) is evolved by name, its rows kept."""
+    from pyiceberg.schema import Schema
+
+    from fleet.analytics.iceberg import TELEMETRY_SCHEMA, _day_spec
+
+    props = settings().catalog_properties(tmp_path)
+    cat = load_catalog("edgekit", **props)
+    cat.create_namespace_if_not_exists("edgekit")
+    old = cat.create_table("edgekit.telemetry", schema=Schema(*TELEMETRY_SCHEMA.fields[:10]),
+                           partition_spec=_day_spec())
+    assert "p95_ms" not in {f.name for f in old.schema().fields}
+    ingest(web_db, "cam-1", range(4))
+    assert IcebergSync(web_db, settings(), tmp_path).sync().rows["telemetry"] == 4
+    got = read_back(tmp_path)
+    assert got.num_rows == 4 and got["p95_ms"].to_pylist() == [2.0, 3.0, 4.0, 5.0]
