@@ -40,6 +40,7 @@ def up(
     host: str | None = typer.Option(None, "--host", help="HTTP interface (default 0.0.0.0)."),
     broker_port: int | None = typer.Option(None, "--broker-port", help="Port of the embedded broker (1883)."),
     trusted_key: list[Path] | None = typer.Option(None, "--trusted-key", help="Trusted signing public key(s)."),
+    public_url: str | None = typer.Option(None, "--public-url", help="Base URL devices download bundles from."),
 ) -> None:
     """Run the fleet manager: broker, ingest, rollouts, HTTP API + dashboard. Ctrl-C stops it."""
     import logging
@@ -49,7 +50,7 @@ def up(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(config, data_dir=data_dir, port=port, host=host, broker_port=broker_port,
-                             trusted_keys=trusted_key or None)
+                             trusted_keys=trusted_key or None, public_url=public_url)
     serve(settings, announce=typer.echo)
 
 
