@@ -113,12 +113,23 @@ def _resize_like(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
             mod._buffers[attr] = torch.empty_like(tensor)
 
 
+class _Exported(nn.Module):
+    """Wraps ``ExportedProgram.module()``, whose ``train()``/``eval()`` raise: it is always in eval mode."""
+
+    def __init__(self, graph_module):
+        super().__init__()
+        object.__setattr__(self, "_gm", graph_module)  # not a registered child: eval() must not reach it
+
+    def forward(self, *args):
+        return self._gm(*args)
+
+
 def load_torch_file(path: Path) -> nn.Module:
     """A TorchScript file or a ``torch.export`` archive (``.pt2``) as a callable module."""
     path = Path(path)
     try:
         if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module()
+            return _Exported(torch.export.load(str(path)).module())
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ConfigError(f"cannot load {path} as {'a torch.export archive' if path.suffix == '.pt2' else 'TorchScript'}: {exc}") from exc
