@@ -279,3 +279,13 @@ def test_a_seed_that_failed_is_not_retried_at_every_boot(make_ota, bundles):
     third, rec3 = make_ota()
     assert third.boot(bundles["bad_golden"]).version == "1.0.0"
     assert "ota.skipped" in rec3.kinds() and "ota.download" not in rec3.kinds()
+
+
+def test_corrupt_pointer_file_is_reported_and_the_agent_still_serves(make_ota, bundles):
+    ota, _ = make_ota()
+    ota.boot(bundles["v1"])
+    ota.slots.pointer_path.write_text("{not json")
+    again, rec = make_ota()
+    assert again.boot(bundles["v1"]).version == "1.0.0"
+    assert "state.corrupt" in rec.kinds()
+    assert again.slots.read().active.version == "1.0.0"

@@ -211,3 +211,14 @@ def test_agent_rate_limits_inference_error_events(tmp_path, bundles):
     agent._last_error_event -= 120
     agent._inference_error("boom")
     assert seen[-1] == ("inference.error", {"similar_errors_since_last_event": 4})
+
+
+def test_chunked_body_over_the_limit_is_413():
+    c, _ = _client(max_body=2048)
+
+    def chunks():
+        for _ in range(10):
+            yield b" " * 1000
+
+    r = c.post("/v2/models/fake/infer", content=chunks())
+    assert r.status_code == 413
