@@ -133,3 +133,24 @@ def test_restart_keeps_the_spool_and_the_sequence(tmp_path, mosquitto, agent_fac
         assert all(m["device_id"] == DEV for m in msgs)
     finally:
         rec.close()
+
+
+def test_full_spool_evicts_oldest_first_and_reports_the_count(durable_broker, agent_factory, bundles):
+    rec = MqttRecorder(durable_broker, DEV, persistent=True)
+    try:
+        agent = agent_factory(bundle=str(bundles["v1"]), mqtt=_mqtt(durable_broker, 0.05), spool={"max_messages": 10})
+        wait_for(lambda: len(rec.of("telemetry")) >= 2, 10, what="telemetry before the outage")
+        durable_broker.stop()
+        wait_for(lambda: agent.spool.evicted >= 10, 15, what="evictions while the broker is down")
+        durable_broker.start()
+        wait_for(lambda: any(t["spool_evicted"] >= 10 for t in rec.of("telemetry")), 20, what="reported evictions")
+        evicted = agent.spool.evicted
+        last = agent.spool.seq
+        wait_for(lambda: max(rec.seqs()) >= last, 10, what="newest message")
+        seen = set(rec.seqs())
+        missing = sorted(set(range(1, max(seen) + 1)) - seen)
+        # Exactly the evicted messages are missing, and they are the oldest of the outage (one run).
+        assert 0 < len(missing) <= evicted
+        assert missing == list(range(missing[0], missing[-1] + 1)), "eviction was not oldest-first"
+    finally:
+        rec.close()
