@@ -1,4 +1,4 @@
-"""Down-sampling of a device's telemetry points into fixed time buckets (for charts over long windows)."""
+"""Telemetry rows as chart points, and their down-sampling into fixed time buckets (long windows)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["bucketize"]
+from fleet.api.util import utc
+from fleet.db.models import Telemetry
+
+__all__ = ["bucketize", "telemetry_point"]
 
 _MEAN_KEYS = ("p50_ms", "p95_ms", "p99_ms", "cpu_percent", "memory_mb", "temperature_c", "confidence_mean",
               "confidence_p10")
@@ -15,6 +18,22 @@ _MEAN_KEYS = ("p50_ms", "p95_ms", "p99_ms", "cpu_percent", "memory_mb", "tempera
 def _mean(values: Iterable[float | None]) -> float | None:
     vals = [float(v) for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+def telemetry_point(t: Telemetry) -> dict[str, Any]:
+    """One stored telemetry row as a chart point (aware ``ts``; drift flattened)."""
+    drift = t.drift or {}
+    inputs = {k: {"mean": v.get("mean"), "std": v.get("std")} for k, v in (drift.get("inputs") or {}).items()
+              if isinstance(v, dict)}
+    return {
+        "seq": t.seq, "ts": utc(t.ts), "model": f"{t.model_name}@{t.model_version}" if t.model_name else None,
+        "requests": t.requests, "errors": t.errors,
+        "error_rate": (t.errors / t.requests) if t.requests else None,
+        "p50_ms": t.p50_ms, "p95_ms": t.p95_ms, "p99_ms": t.p99_ms,
+        "cpu_percent": t.cpu_percent, "memory_mb": t.memory_mb, "temperature_c": t.temperature_c,
+        "confidence_mean": drift.get("confidence_mean"), "confidence_p10": drift.get("confidence_p10"),
+        "inputs": inputs, "predictions": drift.get("predictions") or {},
+    }
 
 
 def bucketize(points: list[dict[str, Any]], bucket_s: float) -> list[dict[str, Any]]:

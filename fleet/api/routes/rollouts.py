@@ -6,18 +6,21 @@ state machine. Illegal transitions are 409, a bad definition 422, an unknown rol
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import defer
 
 from edgekit.errors import ConfigError, FleetError, RolloutError
 from fleet.api.deps import Admin, Ctx, Reader
 from fleet.api.errors import NotFoundError
+from fleet.api.series import bucketize, telemetry_point
 from fleet.api.util import utc
 from fleet.audit import record
-from fleet.db.models import RolloutDevice
+from fleet.db.models import RolloutDevice, Telemetry
 from fleet.rollouts import RolloutSpec, RolloutStatus
 
 __all__ = ["RolloutCreate", "router"]
@@ -93,6 +96,38 @@ def rollout_devices(rollout_id: str, ctx: Ctx, _p: Reader) -> dict[str, Any]:
                     "desired_at": utc(m.desired_at), "installed_at": utc(m.installed_at), "error": m.error}
                    for m in rows]
     return {"rollout_id": rollout_id, "count": len(devices), "devices": devices}
+
+
+#: at most this many telemetry rows feed one rollout's charts (the most recent ones)
+MAX_ROLLOUT_ROWS = 200_000
+
+
+@router.get("/{rollout_id}/telemetry",
+            summary="Per wave and model version: p95 latency, error rate and confidence over time, for charts")
+def rollout_telemetry(rollout_id: str, ctx: Ctx, _p: Reader,
+                      bucket_s: float = Query(60.0, gt=0, le=86_400),
+                      baseline_s: float = Query(3600.0, ge=0, le=7 * 86_400,
+                                                description="how far before the rollout to show")) -> dict[str, Any]:
+    st = _status(ctx, rollout_id)
+    start = st.created_at - timedelta(seconds=baseline_s)
+    with ctx.database.session() as s:
+        wave_of = dict(s.execute(select(RolloutDevice.device_id, RolloutDevice.wave)
+                                 .where(RolloutDevice.rollout_id == rollout_id)).all())
+        q = (select(Telemetry).options(defer(Telemetry.payload))
+             .where(Telemetry.device_id.in_(list(wave_of)), Telemetry.ts >= start))
+        if st.finished_at is not None:
+            q = q.where(Telemetry.ts <= st.finished_at + timedelta(seconds=bucket_s))
+        rows = s.scalars(q.order_by(Telemetry.ts.desc()).limit(MAX_ROLLOUT_ROWS)).all()
+        points = [(wave_of[t.device_id], telemetry_point(t)) for t in reversed(rows)]
+    by_wave: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for wave, p in points:
+        by_wave.setdefault(wave, {}).setdefault(p["model"] or "unknown", []).append(p)
+    keep = ("ts", "samples", "p50_ms", "p95_ms", "p99_ms", "error_rate", "confidence_mean", "requests")
+    waves = [{"index": w, "series": {model: [{k: b[k] for k in keep} for b in bucketize(pts, bucket_s)]
+                                     for model, pts in sorted(series.items())}}
+             for w, series in sorted(by_wave.items())]
+    return {"rollout_id": rollout_id, "bundle": st.bundle, "bucket_s": bucket_s, "rows": len(points),
+            "truncated": len(points) >= MAX_ROLLOUT_ROWS, "waves": waves}
 
 
 def _command(ctx, principal, rollout_id: str, verb: str, details: dict[str, Any] | None = None) -> RolloutStatus:

@@ -11,28 +11,13 @@ from sqlalchemy.orm import defer
 
 from fleet.api.deps import Ctx, Reader
 from fleet.api.errors import NotFoundError
-from fleet.api.series import bucketize
+from fleet.api.series import bucketize, telemetry_point
 from fleet.api.util import utc
 from fleet.db.models import Device, Event, Telemetry
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"])
-
-
-def _point(t: Telemetry) -> dict[str, Any]:
-    drift = t.drift or {}
-    inputs = {k: {"mean": v.get("mean"), "std": v.get("std")} for k, v in (drift.get("inputs") or {}).items()
-              if isinstance(v, dict)}
-    return {
-        "seq": t.seq, "ts": utc(t.ts), "model": f"{t.model_name}@{t.model_version}" if t.model_name else None,
-        "requests": t.requests, "errors": t.errors,
-        "error_rate": (t.errors / t.requests) if t.requests else None,
-        "p50_ms": t.p50_ms, "p95_ms": t.p95_ms, "p99_ms": t.p99_ms,
-        "cpu_percent": t.cpu_percent, "memory_mb": t.memory_mb, "temperature_c": t.temperature_c,
-        "confidence_mean": drift.get("confidence_mean"), "confidence_p10": drift.get("confidence_p10"),
-        "inputs": inputs, "predictions": drift.get("predictions") or {},
-    }
 
 
 def _known(ctx, device_id: str) -> None:
@@ -63,7 +48,7 @@ def series(
         q = q.where(Telemetry.ts < until)
     q = q.order_by(Telemetry.ts.desc(), Telemetry.seq.desc()).limit(rows_limit)
     with ctx.database.session() as s:
-        points = [_point(t) for t in s.scalars(q)]
+        points = [telemetry_point(t) for t in s.scalars(q)]
     points.reverse()
     if bucket_s:
         points = bucketize(points, bucket_s)[-limit:]

@@ -372,6 +372,13 @@
   async function viewRollout(id) {
     const enc = encodeURIComponent(id);
     const [r, members] = await Promise.all([api(`/api/v1/rollouts/${enc}`), api(`/api/v1/rollouts/${enc}/devices`)]);
+    const end = r.finished_at ? new Date(r.finished_at) : new Date();
+    const span = (end - new Date(r.created_at)) / 1000 + 3600;
+    const tel = await api(`/api/v1/rollouts/${enc}/telemetry?bucket_s=${Math.max(10, Math.round(span / 120))}`);
+    const waveCharts = tel.waves.map((w) => EdgekitCharts.lineChart({
+      title: `Wave ${w.index + 1} · p95 latency by version`, unit: "ms", height: 180,
+      series: Object.entries(w.series).map(([model, pts]) => ({ name: model,
+        points: pts.map((p) => ({ x: new Date(p.ts), y: p.p95_ms })) })) }));
     const msg = h("p", { class: "error", role: "alert" });
     const command = (verb) => h("button", { type: "button", id: `rollout-${verb}`, onclick: async () => {
       if (verb === "abort" && !confirm(`Abort rollout ${r.id}? The wave in flight is rolled back.`)) return;
@@ -395,6 +402,7 @@
         progress(w.installed, w.devices, w.state),
         h("p", { class: "small" }, `${w.devices} devices: ${w.installed} installed, ${w.waiting} waiting, ${w.failed} failed, ${w.rolled_back} rolled back`),
         gateView(w)))),
+      waveCharts.length ? h("div", { class: "charts", id: "rollout-charts" }, waveCharts) : null,
       h("h3", {}, "Devices"),
       table([
         { title: "device", cell: (m) => link(`#/device/${encodeURIComponent(m.device_id)}`, m.device_id) },

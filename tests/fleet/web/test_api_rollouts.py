@@ -34,10 +34,10 @@ def fleet(client, admin_h, feed, fleet_ctx, tiny_bundle, bundle_v2):
 
 def telemetry(feed, clock, seq, devices, model, *, p95, n=3):
     for _ in range(n):
-        feed(*[wire.Telemetry(device_id=d, seq=seq[d] + i, ts=clock(), model=model, requests=100, errors=0,
+        feed(*[wire.Telemetry(device_id=d, seq=seq[d], ts=clock(), model=model, requests=100, errors=0,
                               latency=wire.LatencyStats(p50_ms=p95 / 2, p95_ms=p95),
                               drift=wire.DriftStats(confidence_mean=0.9))
-               for i, d in enumerate(devices)])
+               for d in devices])
         for d in devices:
             seq[d] += 1
         clock.advance(1)
@@ -92,6 +92,15 @@ def test_rollout_succeeds_across_waves(client, admin_h, read_h, fleet, feed, fle
         assert st["waves"][wave]["state"] == "passed" and gate["passed"] is True
         assert gate["p95_previous_ms"] == pytest.approx(2.0) and gate["p95_new_ms"] == pytest.approx(2.1)
     assert st["state"] == "completed"
+    charts = client.get(f"/api/v1/rollouts/{rid}/telemetry", params={"bucket_s": 3600}, headers=read_h).json()
+    assert [w["index"] for w in charts["waves"]] == [0, 1]
+    for w in charts["waves"]:
+        assert set(w["series"]) == {"tiny@1.0.0", "tiny@2.0.0"}  # before and after, same devices
+        for model, p95 in (("tiny@1.0.0", 2.0), ("tiny@2.0.0", 2.1)):
+            buckets = w["series"][model]  # wall-clock buckets: the points may straddle a boundary
+            assert sum(b["samples"] for b in buckets) == 6  # 2 devices x 3 intervals each
+            assert all(b["p95_ms"] == pytest.approx(p95) for b in buckets)
+    assert client.get("/api/v1/rollouts/r-nope/telemetry", headers=read_h).status_code == 404
     assert [x["id"] for x in client.get("/api/v1/rollouts", headers=read_h).json()] == [rid]
     assert client.get("/api/v1/rollouts", params={"state": "halted"}, headers=read_h).json() == []
     # a finished rollout can no longer be paused, resumed or aborted

@@ -206,6 +206,9 @@ def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bun
         second = b.text(b.wait("#waves .wave[data-wave='1']"))
         assert "soaking" in second and "gate pending" in second
         assert "tiny@2.0.0" in b.text(b.wait("#rollout-info"))
+        lines = b.execute("""return [...document.querySelectorAll('#rollout-charts figure')].map(
+            f => [...f.querySelectorAll('path.line')].map(p => p.dataset.series))""")
+        assert lines == [["tiny@1.0.0", "tiny@2.0.0"], ["tiny@1.0.0", "tiny@2.0.0"]]  # before/after, per wave
         b.screenshot(shots / "rollout.png")
 
         # an admin can pause it from the page; the API agrees
