@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select, update
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from edgekit import wire
 from fleet.db.models import Device, Event, Telemetry
 
-__all__ = ["BatchResult", "Message", "store_batch"]
+__all__ = ["BatchResult", "Message", "store_batch", "utc"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,17 @@ def _insert_ignore(dialect: str, table):
     return insert(table)
 
 
+def utc(ts: datetime) -> datetime:
+    """A device's timestamp in UTC (naive means UTC): SQLite stores datetimes without their offset, so
+    every stored time must be UTC for comparisons (gates, windows) to hold."""
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
 def _telemetry_row(m: Message) -> dict[str, Any]:
     t: wire.Telemetry = m.payload
     payload = t.model_dump(mode="json")
     return {
-        "device_id": m.device_id, "seq": t.seq, "ts": t.ts, "received_at": m.received_at, "replayed": t.replayed,
+        "device_id": m.device_id, "seq": t.seq, "ts": utc(t.ts), "received_at": m.received_at, "replayed": t.replayed,
         "model_name": t.model.name if t.model else None, "model_version": t.model.version if t.model else None,
         "requests": t.requests, "errors": t.errors,
         "p50_ms": t.latency.p50_ms, "p95_ms": t.latency.p95_ms, "p99_ms": t.latency.p99_ms,
@@ -70,7 +76,7 @@ def _has_drift(d: wire.DriftStats) -> bool:
 def _event_row(m: Message) -> dict[str, Any]:
     e: wire.Event = m.payload
     return {
-        "device_id": m.device_id, "seq": e.seq, "ts": e.ts, "received_at": m.received_at, "replayed": e.replayed,
+        "device_id": m.device_id, "seq": e.seq, "ts": utc(e.ts), "received_at": m.received_at, "replayed": e.replayed,
         "kind": e.kind, "level": e.level, "message": e.message, "rollout_id": e.rollout_id, "data": e.data,
     }
 

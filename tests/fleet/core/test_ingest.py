@@ -227,3 +227,20 @@ def test_clean_sessions_when_expiry_is_zero(mosquitto, settings, db):
     with Ingest(clean, db) as ing:
         time.sleep(1.0)
         assert ing.stats.received == 0, "a clean session does not get what was sent while it was away"
+
+
+def test_device_timestamps_are_stored_in_utc(db):
+    from datetime import datetime, timedelta, timezone
+
+    from fleet.store import Message, store_batch
+
+    plus2 = timezone(timedelta(hours=2))
+    local = datetime(2026, 5, 1, 14, 0, tzinfo=plus2)  # 12:00 UTC
+    now = datetime.now(timezone.utc)
+    with db.session() as s:
+        store_batch(s, [Message("telemetry", "tz-dev", wire.Telemetry(device_id="tz-dev", seq=1, ts=local), now),
+                        Message("events", "tz-dev", wire.Event(device_id="tz-dev", seq=2, ts=local, kind="x"), now)])
+    with db.session() as s:
+        for table in (Telemetry, Event):
+            ts = s.scalar(select(table.ts))
+            assert ts.replace(tzinfo=timezone.utc) == datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
