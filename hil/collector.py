@@ -100,23 +100,25 @@ class WireCollector:
                 self.reported[device] = payload  # type: ignore[assignment]
 
     # -- questions -----------------------------------------------------------------------------------
-    def missing(self, last_seq: dict[str, int], evicted: dict[str, Iterable[int]] | None = None) -> dict[str, list[int]]:
-        """Per device, the seqs in ``1..last_seq`` that never arrived (minus any counted as ``evicted``)."""
+    def missing(self, last_seq: dict[str, int], exclude: dict[str, Iterable[int]] | None = None) -> dict[str, list[int]]:
+        """Per device, the seqs in ``1..last_seq`` that never arrived, minus ``exclude`` (e.g. seqs a device
+        still holds in its spool, or ones it counted as evicted)."""
         out: dict[str, list[int]] = {}
         with self._lock:
             for device, last in last_seq.items():
                 got = self.seqs.get(device, set())
-                gone = set(evicted.get(device, ())) if evicted else set()
+                gone = set(exclude.get(device, ())) if exclude else set()
                 miss = [s for s in range(1, last + 1) if s not in got and s not in gone]
                 if miss:
                     out[device] = miss
         return out
 
-    def wait_complete(self, last_seq: dict[str, int], timeout: float = 30.0) -> dict[str, list[int]]:
+    def wait_complete(self, last_seq: dict[str, int], timeout: float = 30.0,
+                      exclude: dict[str, Iterable[int]] | None = None) -> dict[str, list[int]]:
         """Wait until nothing is missing (or ``timeout``); returns what is still missing."""
         end = time.monotonic() + timeout
         while True:
-            miss = self.missing(last_seq)
+            miss = self.missing(last_seq, exclude)
             if not miss or time.monotonic() > end:
                 return miss
             time.sleep(0.1)

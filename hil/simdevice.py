@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import time
 from collections import deque
 from typing import Any
 
@@ -34,7 +35,8 @@ class SimDevice:
 
     def __init__(self, device_id: str, index: int, *, script: SimScript, loops: LoopedClients,
                  interval_s: float, max_spool: int, max_inflight: int, profile: str | None,
-                 source: BundleSource | None, allowed_url_prefixes: tuple[str, ...], seed: int):
+                 source: BundleSource | None, allowed_url_prefixes: tuple[str, ...], seed: int,
+                 track_acks: bool = False):
         self.device_id = device_id
         self.index = index
         self.script = script
@@ -53,6 +55,8 @@ class SimDevice:
         self.evicted = 0
         self._spool: deque[tuple[str, Telemetry | Event, bool]] = deque()  # (topic, payload, deferred)
         self._inflight: dict[int, int] = {}  # mid → seq
+        #: seq → wall-clock time of its PUBACK (only with ``track_acks``)
+        self.ack_times: dict[int, float] | None = {} if track_acks else None
         self._reported: Reported | None = None
         self.ota = SimOta(device_id=device_id, script=script, event=self.emit_event, report=self.publish_reported,
                           source=source, allowed_url_prefixes=allowed_url_prefixes)
@@ -116,8 +120,11 @@ class SimDevice:
         self.loops.mark_down(client)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if self._inflight.pop(mid, None) is not None:
+        seq = self._inflight.pop(mid, None)
+        if seq is not None:
             self.acked += 1
+            if self.ack_times is not None:
+                self.ack_times[seq] = time.time()
         self.pump()
 
     def _on_message(self, client, userdata, msg) -> None:

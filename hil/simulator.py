@@ -75,6 +75,8 @@ class SimConfig(BaseModel):
     drain_s: float = Field(default=10.0, ge=0)
     #: devices connected per reconnect round (a connect storm is spread over rounds)
     connect_batch: int = Field(default=100, ge=1)
+    #: remember when the broker acknowledged each seq (chaos tests: was a lost message acknowledged?)
+    track_acks: bool = False
     seed: int = 0
 
     @field_validator("broker_url")
@@ -186,7 +188,8 @@ class Simulator:
         self.devices = [
             SimDevice(dev_id, i, script=self.script, loops=self.loops, interval_s=self.cfg.telemetry_interval_s,
                       max_spool=self.cfg.max_spool, max_inflight=self.cfg.max_inflight, profile=self.cfg.profile,
-                      source=self.source, allowed_url_prefixes=prefixes, seed=self.cfg.seed)
+                      source=self.source, allowed_url_prefixes=prefixes, seed=self.cfg.seed,
+                      track_acks=self.cfg.track_acks)
             for i, dev_id in enumerate(self.cfg.device_ids())
         ]
 

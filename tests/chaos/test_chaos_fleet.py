@@ -3,8 +3,8 @@
 Guarantees checked: after a restart the rollout resumes and ends in a defined state (``completed``
 here, since every gate passes); every device ends on a verified model (the new one); nothing the
 devices published is lost at the broker. What the fleet's own database missed while it was down is
-measured and checked separately (``test_fleet_db_has_every_seq_after_fleet_kill``, a strict xfail
-while the fleet's ingest uses a clean MQTT session).
+checked separately (``test_fleet_db_has_every_seq_after_fleet_kill``: the ingest's persistent session
+makes the broker queue what arrives while the fleet is down).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def rollout_under_fire(tmp_path_factory, versions, signing_keys):
     with LocalMosquitto(tmp_path / "broker", persistent=True) as pbroker, \
             WireCollector(pbroker.host, pbroker.port) as collector:
         out = _scenario(pbroker, collector, versions, signing_keys, tmp_path)
-        out["broker_missing"] = collector.wait_complete(out["last_seq"], timeout=20)
+        out["broker_missing"] = collector.wait_complete(out["last_seq"], timeout=20, exclude={"agent-0": out["held"]})
         out["agent_reported"] = collector.reported.get("agent-0")
     return out
 
@@ -95,7 +95,8 @@ def _scenario(pbroker, collector, versions, signing_keys, tmp_path) -> dict:
         time.sleep(1.5)  # the fleet's ingest writes what it already received
         out["fleet_seqs"] = _fleet_seqs(fleet) if (fleet.data / "fleet.db").exists() else {}
         fleet.stop()
-    last, evicted, _ = spool_state(agent)
+    last, evicted, held = spool_state(agent)
+    out["held"] = held
     out["last_seq"] = dict(out["sim"].last_seq) | {"agent-0": last}
     out["agent_evicted"] = evicted
     out["models"] = dict(out["sim"].models)
@@ -115,16 +116,18 @@ def test_fleet_killed_mid_rollout_rollout_completes(rollout_under_fire, chaos_re
     assert missing == {} and run["agent_evicted"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fleet.ingest subscribes with clean_session=True (fleet/mqtt.py new_client), so the broker queues nothing "
-    "for it while the fleet manager is down: telemetry published during the outage never reaches the fleet "
-    "database (measured: every device has a gap). Fix belongs in fleet/ (persistent ingest session); this "
-    "test turns green, and strict xfail then fails, once it is fixed."))
+@pytest.mark.xfail(strict=False, reason=(
+    "fleet/ingest.py: paho acknowledges a QoS 1 message when on_message returns, but the ingest only queues it "
+    "in memory and writes it to the database in a later batch, so a SIGKILL loses what was acknowledged and "
+    "not yet written (measured: 1-2 seqs on about half the devices per kill). Fix belongs in fleet/: "
+    "manual acks (paho manual_ack=True, client.ack after the batch commits)."))
 def test_fleet_db_has_every_seq_after_fleet_kill(rollout_under_fire, chaos_record):
     """What the devices published while the fleet manager was down must reach its database after it restarts."""
     run = rollout_under_fire
     got = run["fleet_seqs"]
-    gaps = {d: [s for s in range(1, last + 1) if s not in got.get(d, set())] for d, last in run["last_seq"].items()}
+    held = {"agent-0": run["held"]}  # still in the agent's durable spool: not lost, not yet sent
+    gaps = {d: [s for s in range(1, last + 1) if s not in got.get(d, set()) and s not in held.get(d, set())]
+            for d, last in run["last_seq"].items()}
     gaps = {d: g for d, g in gaps.items() if g}
     chaos_record.update(devices=run["n"], fleet_db_missing=sum(map(len, gaps.values())),
                         devices_with_gaps=len(gaps), example=next(iter(gaps.items()), None))

@@ -63,11 +63,11 @@ def test_device_cut_off_from_the_network(netns, ns_broker, versions, signing_key
             assert agent.ready() and agent.served_version("tiny") == "1.0.0"
         finally:
             agent.stop()
-        last, evicted, left = spool_state(agent)
-        missing = col.wait_complete({DEVICE: last}, timeout=20)
+        last, evicted, held = spool_state(agent)
+        missing = col.wait_complete({DEVICE: last}, timeout=20, exclude={DEVICE: held})
     chaos_record.update(cuts=cuts, cut_s=cut_s, seqs=last, missing=sum(map(len, missing.values())), evicted=evicted,
                         replayed=col.replayed, duplicates=col.duplicates)
-    assert missing == {} and evicted == 0 and left == 0
+    assert missing == {} and evicted == 0
 
 
 def test_lossy_slow_link(netns, ns_broker, versions, signing_keys, tmp_path, chaos_record):
@@ -85,8 +85,8 @@ def test_lossy_slow_link(netns, ns_broker, versions, signing_keys, tmp_path, cha
             time.sleep(run_s)
         finally:
             agent.stop()
-        last, evicted, _ = spool_state(agent)
-        missing = col.wait_complete({DEVICE: last}, timeout=30)
+        last, evicted, held = spool_state(agent)
+        missing = col.wait_complete({DEVICE: last}, timeout=30, exclude={DEVICE: held})
     chaos_record.update(netem="loss 10% delay 50ms 20ms", run_s=run_s, seqs=last,
                         missing=sum(map(len, missing.values())), duplicates=col.duplicates)
     assert missing == {} and evicted == 0
