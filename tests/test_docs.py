@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -110,8 +112,16 @@ def test_every_quickstart_command_runs(tmp_path):
         pytest.skip("the quickstart's fleet needs the mosquitto broker (apt install mosquitto)")
     script = quickstart_script((DOCS / "quickstart.md").read_text())
     assert "edgekit compress" in script and "edgekit fleet up" in script and "edgekit agent run" in script
-    (tmp_path / "quickstart.sh").write_text("set -euo pipefail\n" + script)
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "EDGEKIT_REPO": str(REPO)}
-    p = subprocess.run(["bash", str(tmp_path / "quickstart.sh")], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=580, start_new_session=True)
-    assert p.returncode == 0, f"quickstart failed (exit {p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    # whatever happens, the services the page starts in the background are stopped with the script
+    trap = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n"
+    (tmp_path / "quickstart.sh").write_text("set -euo pipefail\n" + trap + script)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(["bash", str(tmp_path / "quickstart.sh")], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=580)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    logs = "".join(f"\n--- {f.name}\n" + f.read_text()[-2000:] for f in tmp_path.glob("*.log"))
+    assert proc.returncode == 0, f"quickstart failed (exit {proc.returncode}):\n{output[-4000:]}{logs}"

@@ -51,7 +51,7 @@ def test_quick_demo_runs_the_whole_flow(demo_out):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
     for stage in ("train the cloud teacher", "edgekit compress", "fleet in a box", "device agent",
-                  "push the signed bundles", "roll bearing-fault-x86@1.0.0 out", "held-out field set",
+                  "push the signed bundle", "roll bearing-fault-x86@1.0.0 out", "held-out field set",
                   "Iceberg tables", "where to look"):
         assert stage in out, f"stage missing from the output: {stage}"
     assert "skipped:" not in out
