@@ -8,6 +8,7 @@ on any stream is registered.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -88,6 +89,41 @@ def _group_from_tags(tags: list[str]) -> str | None:
     return None
 
 
+def _sqlite_ts(v: datetime) -> str:
+    """A datetime as SQLAlchemy's SQLite ``DateTime`` stores it (UTC, no offset)."""
+    v = utc(v)
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+
+
+_TELEMETRY_COLS = ("device_id", "seq", "ts", "received_at", "replayed", "model_name", "model_version", "requests",
+                   "errors", "p50_ms", "p95_ms", "p99_ms", "cpu_percent", "memory_mb", "temperature_c", "drift",
+                   "payload")
+_EVENT_COLS = ("device_id", "seq", "ts", "received_at", "replayed", "kind", "level", "message", "rollout_id", "data")
+
+
+def _telemetry_tuple(m: Message, received: str) -> tuple:
+    t: wire.Telemetry = m.payload
+    lat = t.latency
+    return (m.device_id, t.seq, _sqlite_ts(t.ts), received, int(t.replayed),
+            t.model.name if t.model else None, t.model.version if t.model else None, t.requests, t.errors,
+            lat.p50_ms, lat.p95_ms, lat.p99_ms, t.cpu_percent, t.memory_mb, t.temperature_c,
+            t.drift.model_dump_json() if _has_drift(t.drift) else None, t.model_dump_json())
+
+
+def _event_tuple(m: Message, received: str) -> tuple:
+    e: wire.Event = m.payload
+    return (m.device_id, e.seq, _sqlite_ts(e.ts), received, int(e.replayed), e.kind, e.level, e.message,
+            e.rollout_id, json.dumps(e.data))
+
+
+def _sqlite_insert_ignore(conn, table, cols: tuple[str, ...], values: list[tuple]) -> int:
+    """``INSERT … ON CONFLICT DO NOTHING`` through the DBAPI's ``executemany`` (the ingest's hot path on
+    SQLite): several times cheaper than SQLAlchemy's per-row parameter processing; returns rows inserted."""
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+           "ON CONFLICT (device_id, seq) DO NOTHING")
+    return conn.exec_driver_sql(sql, values).rowcount
+
+
 def store_batch(s: Session, messages: Sequence[Message]) -> BatchResult:
     """Store ``messages`` in the session's transaction; returns what was stored and what was a duplicate.
 
@@ -126,13 +162,24 @@ def store_batch(s: Session, messages: Sequence[Message]) -> BatchResult:
                                 .returning(Device.__table__.c.id), new_rows).scalars().all()
         res.new_devices.extend(inserted)
 
-    for table, rows in ((Telemetry.__table__, [_telemetry_row(m) for m in messages if m.kind == "telemetry"]),
-                        (Event.__table__, [_event_row(m) for m in messages if m.kind == "events"])):
-        if rows:
+    for kind, table in (("telemetry", Telemetry.__table__), ("events", Event.__table__)):
+        mine = [m for m in messages if m.kind == kind]
+        if not mine:
+            continue
+        if dialect == "sqlite":
+            received = {id(m): _sqlite_ts(m.received_at) for m in mine}
+            if kind == "telemetry":
+                stored = _sqlite_insert_ignore(conn, table, _TELEMETRY_COLS,
+                                               [_telemetry_tuple(m, received[id(m)]) for m in mine])
+            else:
+                stored = _sqlite_insert_ignore(conn, table, _EVENT_COLS,
+                                               [_event_tuple(m, received[id(m)]) for m in mine])
+        else:
+            rows = [_telemetry_row(m) if kind == "telemetry" else _event_row(m) for m in mine]
             stmt = insert(dialect, table).on_conflict_do_nothing(index_elements=["device_id", "seq"])
             stored = len(conn.execute(stmt.returning(table.c.id), rows).all())
-            res.stored += stored
-            res.duplicates += len(rows) - stored
+        res.stored += stored
+        res.duplicates += len(mine) - stored
 
     dev = Device.__table__
     conn.execute(

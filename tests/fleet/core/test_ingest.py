@@ -244,3 +244,30 @@ def test_device_timestamps_are_stored_in_utc(db):
         for table in (Telemetry, Event):
             ts = s.scalar(select(table.ts))
             assert ts.replace(tzinfo=timezone.utc) == datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def test_stored_rows_read_back_exactly(db):
+    """The SQLite fast path writes what the ORM reads: types, JSON, booleans, NULLs."""
+    from datetime import datetime, timezone
+
+    from fleet.store import Message, store_batch
+
+    now = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    t = wire.Telemetry(device_id="rt", seq=7, ts=now, replayed=True, model=wire.ModelRef(name="m", version="2"),
+                       requests=9, errors=1, latency=wire.LatencyStats(p50_ms=1.5, p95_ms=2.5, p99_ms=None),
+                       cpu_percent=3.0, drift=wire.DriftStats(confidence_mean=0.75, predictions={"a": 3}))
+    e = wire.Event(device_id="rt", seq=8, ts=now, kind="ota.failed", level="error", message="boom",
+                   rollout_id="r-1", data={"step": "loading", "n": 2})
+    with db.session() as s:
+        res = store_batch(s, [Message("telemetry", "rt", t, now), Message("events", "rt", e, now)])
+    assert res.stored == 2 and res.duplicates == 0
+    with db.session() as s:
+        row = s.scalar(select(Telemetry))
+        assert (row.device_id, row.seq, row.replayed, row.model_name, row.model_version) == ("rt", 7, True, "m", "2")
+        assert (row.requests, row.errors, row.p50_ms, row.p95_ms, row.p99_ms) == (9, 1, 1.5, 2.5, None)
+        assert row.ts.replace(tzinfo=timezone.utc) == now and row.received_at.replace(tzinfo=timezone.utc) == now
+        assert row.drift["confidence_mean"] == 0.75 and row.drift["predictions"] == {"a": 3}
+        assert row.payload["seq"] == 7 and row.payload["latency"]["p95_ms"] == 2.5 and row.memory_mb is None
+        ev = s.scalar(select(Event))
+        assert (ev.kind, ev.level, ev.message, ev.rollout_id, ev.data, ev.replayed) == (
+            "ota.failed", "error", "boom", "r-1", {"step": "loading", "n": 2}, False)
