@@ -66,6 +66,11 @@ class MqttLink:
         self._last_sent = 0
         self._resync = False
         self._reported: Reported | None = None
+        # mids of 'reported' publishes not yet acknowledged; after a reconnect paho re-sends those (older)
+        # ones itself, so the latest is re-published only once they are through (else it goes stale)
+        self._reported_inflight: set[int] = set()
+        self._reported_due = False
+        self._reported_due_since = 0.0
         self._pump: threading.Thread | None = None
         self.connects = 0
         url = urlsplit(cfg.url)
@@ -150,7 +155,26 @@ class MqttLink:
         """Retained; the latest one is re-published on every (re)connect."""
         self._reported = rep
         if self.connected.is_set():
-            self.client.publish(topic(self.device_id, "reported"), encode(rep), qos=1, retain=True)
+            self._send_reported(rep)
+
+    def _send_reported(self, rep: Reported) -> None:
+        t0 = time.monotonic()
+        info = self.client.publish(topic(self.device_id, "reported"), encode(rep), qos=1, retain=True)
+        with self._lock:
+            if self._early_acks.pop(info.mid, -1.0) < t0:  # see _pump_once: an early PUBACK is its own
+                self._reported_inflight.add(info.mid)
+
+    def _flush_reported(self) -> None:
+        """After a reconnect: re-publish the latest 'reported' once paho's re-sends of older ones are acked."""
+        with self._lock:
+            if not self._reported_due or not self.connected.is_set():
+                return
+            # wait for paho's re-sends of older ones, but not forever (a lost PUBACK must not pin it)
+            if self._reported_inflight and time.monotonic() - self._reported_due_since < 30:
+                return
+            self._reported_due = False
+        if self._reported is not None:
+            self._send_reported(self._reported)
 
     @property
     def inflight(self) -> int:
@@ -168,6 +192,7 @@ class MqttLink:
                 log.exception("spool pump failed; retrying")
 
     def _pump_once(self) -> None:
+        self._flush_reported()
         while self.connected.is_set() and not self._stop.is_set():
             with self._lock:
                 if self._resync:
@@ -209,10 +234,10 @@ class MqttLink:
         except Exception:  # noqa: BLE001
             log.exception("birth message failed")
         client.subscribe(topic(self.device_id, "desired"), qos=1)
-        if self._reported is not None:
-            client.publish(topic(self.device_id, "reported"), encode(self._reported), qos=1, retain=True)
         with self._lock:
             self._resync = bool(self._inflight)
+            self._reported_due = True  # sent by the pump thread (_flush_reported), after paho's re-sends
+            self._reported_due_since = time.monotonic()
         self.connected.set()
         self._wake.set()
 
@@ -226,7 +251,9 @@ class MqttLink:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
             row = self._inflight.pop(mid, None)
-            if row is None:
+            was_reported = mid in self._reported_inflight
+            self._reported_inflight.discard(mid)
+            if row is None and not was_reported:
                 now = time.monotonic()
                 self._early_acks[mid] = now
                 if len(self._early_acks) > 256:

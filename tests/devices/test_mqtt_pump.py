@@ -100,3 +100,29 @@ def test_after_reconnect_in_flight_messages_go_first(tmp_path):
     link._pump_once()
     last = link.client.published[-1][2]
     assert last["seq"] == 2 and last["replayed"] is True
+
+
+def test_latest_reported_is_republished_after_pahos_resend_of_an_older_one(tmp_path):
+    from edgekit.wire import Reported
+
+    link, _ = _link(tmp_path)
+    link.connected.set()
+    link.publish_reported(Reported(device_id="d1", ota_state="downloading"))
+    old_mid = link.client.published[-1][0]
+    link._on_disconnect(None, None, None, None, None)
+    link.publish_reported(Reported(device_id="d1", ota_state="installed"))  # while offline: not sent
+    link._on_connect(link.client, None, None, SimpleNamespace(is_failure=False), None)
+
+    def reported_sent():
+        return [p for p in link.client.published if p[1].endswith("/reported")]
+
+    # Inside on_connect paho has not re-sent the older one yet: publishing there would be overtaken.
+    assert len(reported_sent()) == 1
+    link._pump_once()
+    assert len(reported_sent()) == 1, "must wait until paho's re-send of the older 'reported' is through"
+    link._on_publish(None, None, old_mid, None, None)  # the re-sent old one is acknowledged
+    link._pump_once()
+    topic_, payload = link.client.published[-1][1:]
+    assert topic_.endswith("/reported") and payload["ota_state"] == "installed"
+    link._pump_once()
+    assert len(reported_sent()) == 2, "sent exactly once more"
