@@ -100,6 +100,24 @@ def _load_data(path: Path, manifest) -> tuple[dict[str, np.ndarray], np.ndarray 
     return inputs, labels
 
 
+def _skipped_runtimes(profile, chosen: str) -> dict[str, str]:
+    """The profile's preferred runtimes before ``chosen`` that cannot run here, with why (e.g. no TensorRT)."""
+    from edgekit.errors import BackendUnavailableError
+    from runtimes.registry import get_runtime
+
+    out: dict[str, str] = {}
+    for name in profile.runtime_preference:
+        if name == chosen:
+            break
+        try:
+            ok, why = get_runtime(name).available()
+        except BackendUnavailableError as exc:
+            ok, why = False, str(exc)
+        if not ok:
+            out[name] = why
+    return out
+
+
 def probe(
     bundle: Path,
     *,
@@ -127,6 +145,7 @@ def probe(
         trusted = load_public_keys(keys) if keys else None
         vb = verify_bundle(bundle, trusted, Path(tmp) / "b", require_signature=bool(keys))
         rt = runtime_for_profile(prof)
+        skipped = _skipped_runtimes(prof, rt.name)
         t0 = time.perf_counter()
         session = rt.load(vb.model_path, prof)
         load_s = time.perf_counter() - t0
@@ -138,6 +157,8 @@ def probe(
                 "key_id": vb.key_id,
                 "profile": prof.name,
                 "runtime": rt.name,
+                "runtime_preference": list(prof.runtime_preference),
+                "runtimes_unavailable": skipped,
                 "load_s": load_s,
                 "size_mb": vb.model_path.stat().st_size / 2**20,
             }

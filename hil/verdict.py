@@ -124,6 +124,17 @@ def judge(
         if tol.min_golden_accuracy is not None:
             checks.append(_compare("golden accuracy", golden.get("accuracy"), tol.min_golden_accuracy, ">=",
                                    "manifest tolerance.min_golden_accuracy"))
+    host = result.get("host") or {}
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(str(host.get("arch", "")).lower(), host.get("arch"))
+    if arch and arch != profile.arch:
+        checks.append(Check(name="host", measured=None, limit=None, op="info", passed=None,
+                            note=f"target is {arch}, profile {profile.name} is {profile.arch}: a stand-in, not the device"))
+    skipped = result.get("runtimes_unavailable") or {}
+    if skipped:
+        why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        checks.append(Check(name="runtime", measured=None, limit=None, op="info", passed=None,
+                            note=f"ran on {result.get('runtime')}; the profile prefers {', '.join(skipped)} ({why}) — "
+                                 "figures are not those of the intended runtime"))
     checks.append(_compare("peak memory (MB)", result.get("peak_rss_mb"), float(profile.memory_budget_mb), "<=",
                            f"profile {profile.name} memory budget"))
     promised = manifest.metrics.get(profile.name)

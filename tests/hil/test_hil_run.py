@@ -105,6 +105,15 @@ def test_judge_reads_budgets_and_allows_for_few_golden_samples(tiny_bundle):
     assert broken.verdict == "fail"
 
 
+def test_a_profile_this_host_cannot_honour_is_flagged(tiny_bundle, capsys):
+    code, rep = _json_run(["--bundle", str(tiny_bundle), "--profile", "jetson-orin-nano"], capsys)
+    notes = {c["name"]: c for c in rep["checks"]}
+    assert rep["measured"]["runtime"] == "onnxruntime" and "tensorrt" in rep["measured"]["runtimes_unavailable"]
+    assert notes["runtime"]["passed"] is None and "prefers tensorrt" in notes["runtime"]["note"]
+    if rep["measured"]["host"]["arch"] != "aarch64":
+        assert "a stand-in" in notes["host"]["note"]
+
+
 def test_given_data_replaces_golden_accuracy(budget_bundles, tmp_path, capsys):
     x = np.random.default_rng(5).standard_normal((40, 1, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "eval.npz", x=x, y=np.zeros(40, dtype=np.int64))
