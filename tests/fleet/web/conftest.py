@@ -3,10 +3,14 @@ and rollout manager wired into a ``FleetContext``, tokens, and a TestClient over
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from fleet.db import Database
 
@@ -24,27 +28,64 @@ def _no_background_analytics(monkeypatch):
     monkeypatch.setenv("EDGEKIT_ANALYTICS_ENABLED", "false")
 
 
-@pytest.fixture
-def sqlite_db(tmp_path):
-    """A file-backed SQLite database with every fleet table created."""
-    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory) -> Path:
+    """One SQLite file migrated by alembic; each test gets a copy (migrating per test is the slow part)."""
+    path = tmp_path_factory.mktemp("schema") / "fleet.db"
+    db = Database(f"sqlite:///{path}")
     _create_schema(db)
-    yield db
     db.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _pg_template(postgres_server) -> str:
+    """A PostgreSQL database migrated by alembic once; tests clone it with ``CREATE DATABASE … TEMPLATE``."""
+    url = postgres_server.create_database("edgekit_web_template")
+    db = Database(url)
+    _create_schema(db)
+    db.dispose()  # a template must have no open connections
+    return "edgekit_web_template"
+
+
+def _open(request, kind: str, tmp_path: Path):
+    if kind == "sqlite":
+        target = tmp_path / "fleet.db"
+        shutil.copyfile(request.getfixturevalue("_sqlite_template"), target)
+        return Database(f"sqlite:///{target}"), None
+    template = request.getfixturevalue("_pg_template")
+    server = request.getfixturevalue("postgres_server")
+    name = f"t_web_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    return Database(server.url(name)), (admin, name)
+
+
+def _close(db: Database, pg) -> None:
+    db.dispose()
+    if pg is not None:  # keep the shared cluster small: drop each test's database
+        admin, name = pg
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_db(request, tmp_path):
+    """A file-backed SQLite database with every fleet table created (by the real migrations)."""
+    db, pg = _open(request, "sqlite", tmp_path)
+    yield db
+    _close(db, pg)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def web_db(request, tmp_path):
     """The database the auth, audit and analytics tests run on: SQLite, and a real PostgreSQL server
-    (``postgres_url`` from ``tests/fleet/conftest.py``; skipped, naming what is missing, without one)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    db = Database(url)
-    _create_schema(db)
+    (``postgres_server`` from ``tests/fleet/conftest.py``; skipped, naming what is missing, without one)."""
+    db, pg = _open(request, request.param, tmp_path)
     yield db
-    db.dispose()
+    _close(db, pg)
 
 
 class RecordingPublisher:
@@ -82,12 +123,9 @@ class Stats:
 @pytest.fixture
 def fleet_db(request, tmp_path):
     """The fleet context's database: SQLite unless a test asks for ``postgresql`` (indirect param)."""
-    kind = getattr(request, "param", "sqlite")
-    url = f"sqlite:///{tmp_path / 'fleet.db'}" if kind == "sqlite" else request.getfixturevalue("postgres_url")
-    db = Database(url)
-    _create_schema(db)
+    db, pg = _open(request, getattr(request, "param", "sqlite"), tmp_path)
     yield db
-    db.dispose()
+    _close(db, pg)
 
 
 @pytest.fixture
