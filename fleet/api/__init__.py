@@ -20,6 +20,7 @@ route                                                       scope  what
 ``GET|POST /api/v1/rollouts``                               r / a  list; create
 ``GET /api/v1/rollouts/{id}`` (``/devices``)                read   status with waves and gates (members)
 ``GET /api/v1/rollouts/{id}/telemetry?bucket_s=``           read   per wave and version: p95, errors, drift
+``GET /api/v1/rollouts/{id}/events?level=``                 read   device events tagged with the rollout
 ``POST /api/v1/rollouts/{id}/pause|resume|abort``           admin  drive the state machine
 ``GET /api/v1/audit`` · ``GET /api/v1/audit/verify``        read   entries; recompute the hash chain
 ``GET|POST /api/v1/tokens`` · ``DELETE /api/v1/tokens/{id}``  admin  list, create (secret shown once), revoke

@@ -20,7 +20,7 @@ from fleet.api.errors import NotFoundError
 from fleet.api.series import bucketize, telemetry_point
 from fleet.api.util import utc
 from fleet.audit import record
-from fleet.db.models import RolloutDevice, Telemetry
+from fleet.db.models import Event, RolloutDevice, Telemetry
 from fleet.rollouts import RolloutSpec, RolloutStatus
 
 __all__ = ["RolloutCreate", "router"]
@@ -96,6 +96,21 @@ def rollout_devices(rollout_id: str, ctx: Ctx, _p: Reader) -> dict[str, Any]:
                     "desired_at": utc(m.desired_at), "installed_at": utc(m.installed_at), "error": m.error}
                    for m in rows]
     return {"rollout_id": rollout_id, "count": len(devices), "devices": devices}
+
+
+@router.get("/{rollout_id}/events", summary="Device events tagged with this rollout (OTA steps, failures), newest first")
+def rollout_events(rollout_id: str, ctx: Ctx, _p: Reader, limit: int = Query(200, ge=1, le=5000),
+                   level: str | None = Query(None, pattern="^(debug|info|warning|error)$",
+                                             description="only this level")) -> dict[str, Any]:
+    _status(ctx, rollout_id)
+    q = select(Event).where(Event.rollout_id == rollout_id)
+    if level:
+        q = q.where(Event.level == level)
+    with ctx.database.session() as s:
+        rows = [{"device_id": e.device_id, "seq": e.seq, "ts": utc(e.ts), "kind": e.kind, "level": e.level,
+                 "message": e.message, "data": e.data or {}}
+                for e in s.scalars(q.order_by(Event.ts.desc(), Event.id.desc()).limit(limit))]
+    return {"rollout_id": rollout_id, "count": len(rows), "events": rows}
 
 
 #: at most this many telemetry rows feed one rollout's charts (the most recent ones)

@@ -374,7 +374,9 @@
     const [r, members] = await Promise.all([api(`/api/v1/rollouts/${enc}`), api(`/api/v1/rollouts/${enc}/devices`)]);
     const end = r.finished_at ? new Date(r.finished_at) : new Date();
     const span = (end - new Date(r.created_at)) / 1000 + 3600;
-    const tel = await api(`/api/v1/rollouts/${enc}/telemetry?bucket_s=${Math.max(10, Math.round(span / 120))}`);
+    const [tel, evs] = await Promise.all([
+      api(`/api/v1/rollouts/${enc}/telemetry?bucket_s=${Math.max(10, Math.round(span / 120))}`),
+      api(`/api/v1/rollouts/${enc}/events?limit=100`)]);
     const waveCharts = tel.waves.map((w) => EdgekitCharts.lineChart({
       title: `Wave ${w.index + 1} · p95 latency by version`, unit: "ms", height: 180,
       series: Object.entries(w.series).map(([model, pts]) => ({ name: model,
@@ -410,6 +412,13 @@
         { title: "previous", cell: (m) => m.previous || "—" }, { title: "installed", cell: (m) => ago(m.installed_at) },
         { title: "error", cell: (m) => m.error || "" },
       ], members.devices, { id: "rollout-devices" }),
+      h("h3", {}, "Device events in this rollout"),
+      table([
+        { title: "time", cell: (e) => ago(e.ts) },
+        { title: "device", cell: (e) => link(`#/device/${encodeURIComponent(e.device_id)}`, e.device_id) },
+        { title: "level", cell: (e) => badge(e.level) }, { title: "kind", cell: (e) => e.kind },
+        { title: "message", cell: (e) => e.message },
+      ], evs.events, { id: "rollout-events", empty: "no events yet" }),
     ];
   }
 

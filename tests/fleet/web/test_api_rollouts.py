@@ -151,6 +151,21 @@ def test_pause_resume_abort_and_audit(client, admin_h, read_h, fleet, fleet_ctx)
     assert client.get("/api/v1/audit/verify", headers=read_h).json()["ok"] is True
 
 
+def test_rollout_events(client, admin_h, read_h, fleet, feed, fleet_ctx):
+    rid = create(client, admin_h).json()["id"]
+    t = fleet_ctx.test_clock()
+    feed(wire.Event(device_id="cam-1", seq=500, kind="ota.download", message="ok", rollout_id=rid, ts=t),
+         wire.Event(device_id="cam-2", seq=501, kind="ota.failed", level="error", message="sha256 mismatch",
+                    rollout_id=rid, ts=t),
+         wire.Event(device_id="cam-3", seq=502, kind="ota.download", message="other", rollout_id="r-else", ts=t))
+    ev = client.get(f"/api/v1/rollouts/{rid}/events", headers=read_h).json()
+    assert ev["count"] == 2 and {e["device_id"] for e in ev["events"]} == {"cam-1", "cam-2"}
+    errors = client.get(f"/api/v1/rollouts/{rid}/events", params={"level": "error"}, headers=read_h).json()
+    assert [e["message"] for e in errors["events"]] == ["sha256 mismatch"]
+    assert client.get(f"/api/v1/rollouts/{rid}/events", params={"level": "loud"}, headers=read_h).status_code == 422
+    assert client.get("/api/v1/rollouts/r-nope/events", headers=read_h).status_code == 404
+
+
 def test_unknown_rollout_is_404(client, admin_h, read_h):
     assert client.get("/api/v1/rollouts/r-nope", headers=read_h).status_code == 404
     assert client.get("/api/v1/rollouts/r-nope/devices", headers=read_h).status_code == 404

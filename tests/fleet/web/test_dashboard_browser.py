@@ -209,6 +209,7 @@ def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bun
         lines = b.execute("""return [...document.querySelectorAll('#rollout-charts figure')].map(
             f => [...f.querySelectorAll('path.line')].map(p => p.dataset.series))""")
         assert lines == [["tiny@1.0.0", "tiny@2.0.0"], ["tiny@1.0.0", "tiny@2.0.0"]]  # before/after, per wave
+        assert "golden check passed" in b.text(b.wait("#rollout-events", contains="ota.installed"))
         b.screenshot(shots / "rollout.png")
 
         # an admin can pause it from the page; the API agrees
