@@ -479,11 +479,18 @@
     }
   }
 
+  /** True while the user is typing into a form or has one open: a refresh would wipe their input. */
+  function editing() {
+    const el = document.activeElement;
+    if (el && app.contains(el) && /^(INPUT|SELECT|TEXTAREA)$/.test(el.tagName)) return true;
+    return Boolean(app.querySelector("details[open]"));
+  }
+
   function setAutoRefresh(on) {
     localStorage.setItem(REFRESH_KEY, on ? "on" : "off");
     document.getElementById("autorefresh").checked = on;
     if (refreshTimer) clearInterval(refreshTimer);
-    refreshTimer = on ? setInterval(() => { if (!document.hidden) render(); }, 10000) : null;
+    refreshTimer = on ? setInterval(() => { if (!document.hidden && !editing()) render(); }, 10000) : null;
   }
 
   document.getElementById("login-form").addEventListener("submit", async (e) => {
