@@ -11,6 +11,7 @@ the device timestamp.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -223,34 +224,37 @@ class IcebergSync:
         """
         rows: dict[str, int] = {}
         recovered: dict[str, int] = {}
-        caps = {spec.name: self._settled_cap(spec, wait=wait) for spec in TABLES}
+        caps = self._settled_caps(wait=wait)
         for spec in TABLES:
             rows[spec.name], rec = self._sync_table(spec, caps[spec.name])
             if rec is not None:
                 recovered[spec.name] = rec
         return SyncResult(rows, recovered)
 
-    def _settled_cap(self, spec: _TableSpec, *, wait: bool) -> int:
-        """The largest id it is safe to sync now (see :meth:`sync`)."""
+    def _settled_caps(self, *, wait: bool) -> dict[str, int]:
+        """Per table, the largest id it is safe to sync now (see :meth:`sync`)."""
         with self.database.session() as s:
-            current = s.scalar(select(func.max(spec.model.id))) or 0
+            current = {spec.name: s.scalar(select(func.max(spec.model.id))) or 0 for spec in TABLES}
         settle = self.settle_s
         if settle <= 0:
             return current
         now = self.clock()
-        seen = self._seen.setdefault(spec.name, [])
-        settled = [obs for obs in seen if now - obs[1] >= settle]
-        if not settled and wait and not seen:
-            seen.append((current, now))
-            self.sleep(settle)
+        if wait and any(not self._seen.get(name) for name in current):
+            for name, cur in current.items():
+                self._seen.setdefault(name, []).append((cur, now))
+            self.sleep(settle)  # once, for every table
             now = self.clock()
-            settled = [obs for obs in seen if now - obs[1] >= settle]
+        return {name: self._observe(name, cur, now, settle) for name, cur in current.items()}
+
+    def _observe(self, name: str, current: int, now: float, settle: float) -> int:
+        seen = self._seen.setdefault(name, [])
+        settled = [obs for obs in seen if now - obs[1] >= settle]
         cap = max((i for i, _ in settled), default=0)
         # keep the newest settled observation and the younger ones; record what is visible now
-        keep = [o for o in seen if now - o[1] < settle]
-        self._seen[spec.name] = ([max(settled)] if settled else []) + keep
-        if not self._seen[spec.name] or current > self._seen[spec.name][-1][0]:
-            self._seen[spec.name].append((current, now))
+        kept = ([max(settled)] if settled else []) + [o for o in seen if now - o[1] < settle]
+        if not kept or current > kept[-1][0]:
+            kept.append((current, now))
+        self._seen[name] = kept
         return cap
 
     # -- one table ---------------------------------------------------------------------------------
@@ -259,7 +263,7 @@ class IcebergSync:
         written, recovered_to = 0, None
         while True:
             table = self.table(spec)  # fresh metadata: commits below assert this snapshot is current
-            watermark = self._watermark(spec.name)
+            watermark = self.watermark(spec.name)
             committed = committed_high_water(table)
             if committed > watermark:
                 log.warning("analytics: %s commit up to id %d landed without its watermark (%d); advancing",
@@ -284,16 +288,26 @@ class IcebergSync:
             if len(batch) < self.settings.batch_size:
                 return written, recovered_to
 
-    def _watermark(self, name: str) -> int:
+    def watermark_key(self, name: str) -> str:
+        """The watermark row of table ``name`` *for this destination* (catalog, warehouse, namespace):
+        pointing the sync at a new catalog starts that catalog from the first row, not from where
+        another destination stopped."""
+        p = self.properties
+        dest = "|".join([p.get("type", ""), p.get("uri", ""), p.get("warehouse", ""), self.settings.namespace])
+        return f"{name}:{hashlib.sha256(dest.encode()).hexdigest()[:16]}"
+
+    def watermark(self, name: str) -> int:
+        """The last source id synced into table ``name`` of this destination (0 before the first)."""
         with self.database.session() as s:
-            row = s.get(SyncWatermark, name)
+            row = s.get(SyncWatermark, self.watermark_key(name))
             return row.last_id if row is not None else 0
 
     def _set_watermark(self, name: str, last_id: int) -> None:
+        key = self.watermark_key(name)
         with self.database.session() as s:
-            row = s.get(SyncWatermark, name)
+            row = s.get(SyncWatermark, key)
             if row is None:
-                s.add(SyncWatermark(table_name=name, last_id=last_id))
+                s.add(SyncWatermark(table_name=key, last_id=last_id))
             elif last_id > row.last_id:  # never move backwards
                 row.last_id = last_id
 

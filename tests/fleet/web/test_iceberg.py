@@ -13,7 +13,6 @@ from edgekit.errors import ConfigError
 from fleet.analytics import AnalyticsSettings, IcebergSync, sync_once
 from fleet.analytics.iceberg import HIGH_WATER
 from fleet.db.models import Event, Telemetry
-from fleet.db.web_models import SyncWatermark
 
 T0 = datetime(2026, 11, 20, 22, 0, tzinfo=timezone.utc)
 
@@ -40,9 +39,6 @@ def read_back(tmp_path, table="telemetry"):
     return load_catalog("edgekit", **props).load_table(f"edgekit.{table}").scan().to_arrow()
 
 
-def watermark(db, name):
-    with db.session() as s:
-        return s.get(SyncWatermark, name).last_id
 
 
 def test_sync_restart_sync_no_duplicates(web_db, tmp_path):
@@ -68,7 +64,7 @@ def test_sync_restart_sync_no_duplicates(web_db, tmp_path):
                                  if t.name == "telemetry"))
     marks = [int(s.summary.additional_properties[HIGH_WATER]) for s in table.metadata.snapshots]
     assert len(marks) == 4 and marks == sorted(marks)
-    assert watermark(web_db, "telemetry") == max(tele["id"].to_pylist())
+    assert restarted.watermark("telemetry") == max(tele["id"].to_pylist())
 
 
 def test_crash_between_commit_and_watermark_is_not_duplicated(web_db, tmp_path):
@@ -81,8 +77,7 @@ def test_crash_between_commit_and_watermark_is_not_duplicated(web_db, tmp_path):
     crashing.after_commit = crash
     with pytest.raises(KeyboardInterrupt):
         crashing.sync()
-    with web_db.session() as s:
-        assert s.get(SyncWatermark, "telemetry") is None  # the watermark never got written
+    assert crashing.watermark("telemetry") == 0  # the watermark never got written
 
     ingest(web_db, "cam-1", range(10, 15))
     recovered = IcebergSync(web_db, settings(), tmp_path)
@@ -138,7 +133,7 @@ def test_one_shot_sync_waits_for_the_settle_time(web_db, tmp_path):
     syncer.clock, syncer.sleep = (lambda: now[0]), sleep
     ingest(web_db, "cam-1", range(4))
     assert syncer.sync().rows["telemetry"] == 4
-    assert slept == [2, 2]  # once per table on a syncer's first run
+    assert slept == [2]  # once, for both tables, on a syncer's first run
 
 
 def test_default_settle_depends_on_the_database(web_db, tmp_path):
@@ -233,3 +228,14 @@ def test_table_from_an_older_schema_gains_new_columns(web_db, tmp_path):
     assert IcebergSync(web_db, settings(), tmp_path).sync().rows["telemetry"] == 4
     got = read_back(tmp_path)
     assert got.num_rows == 4 and got["p95_ms"].to_pylist() == [2.0, 3.0, 4.0, 5.0]
+
+
+def test_a_new_destination_starts_from_the_first_row(web_db, tmp_path):
+    """Watermarks are per destination: pointing the sync at another catalog backfills it in full."""
+    ingest(web_db, "cam-1", range(5))
+    first = IcebergSync(web_db, settings(), tmp_path / "a")
+    assert first.sync().rows["telemetry"] == 5
+    second = IcebergSync(web_db, settings(), tmp_path / "b")
+    assert second.watermark_key("telemetry") != first.watermark_key("telemetry")
+    assert second.sync().rows["telemetry"] == 5
+    assert first.sync().total == 0 and second.sync().total == 0

@@ -15,7 +15,6 @@ from sqlalchemy import func, select
 from edgekit import wire
 from fleet.analytics import AnalyticsSettings, BackgroundSync, IcebergSync
 from fleet.db.models import Event, Telemetry
-from fleet.db.web_models import SyncWatermark
 from fleet.ingest import Ingest
 from fleet.settings import FleetSettings
 
@@ -67,11 +66,12 @@ def test_ingested_telemetry_lands_in_iceberg_exactly_once(mosquitto, sqlite_db, 
             wait_for(ingest, sent)
             assert ingest.stats.duplicates == len(DEVICES) * (10 + 1)  # 10 telemetry + the repeated event
 
-            loop = BackgroundSync(IcebergSync(sqlite_db, analytics, tmp_path)).start()
+            syncer = IcebergSync(sqlite_db, analytics, tmp_path)
+            loop = BackgroundSync(syncer).start()
             deadline = time.monotonic() + 30
-            while _watermark(sqlite_db) < _max_id(sqlite_db) and time.monotonic() < deadline:
+            while syncer.watermark("telemetry") < _max_id(sqlite_db) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert _watermark(sqlite_db) == _max_id(sqlite_db), "the background sync did not catch up"
+            assert syncer.watermark("telemetry") == _max_id(sqlite_db), "the background sync did not catch up"
             assert _table(tmp_path).scan().to_arrow().num_rows == len(DEVICES) * 20
             loop.stop()  # "restart": the loop and its catalog handle go away
 
@@ -100,12 +100,6 @@ def test_ingested_telemetry_lands_in_iceberg_exactly_once(mosquitto, sqlite_db, 
 def _table(tmp_path, name="telemetry"):
     props = AnalyticsSettings().catalog_properties(tmp_path)
     return load_catalog("edgekit", **props).load_table(f"edgekit.{name}")
-
-
-def _watermark(db) -> int:
-    with db.session() as s:
-        row = s.get(SyncWatermark, "telemetry")
-        return row.last_id if row is not None else 0
 
 
 def _max_id(db) -> int:
