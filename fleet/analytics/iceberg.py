@@ -6,7 +6,9 @@ advanced. A crash between the two leaves a commit without its watermark: the nex
 high-water id back from the table's snapshots and advances the watermark before selecting rows, so
 nothing is appended twice. Two syncing replicas are kept apart by Iceberg's optimistic commit (an
 append on a stale snapshot fails and is retried on the next run). Tables are partitioned by day of
-the device timestamp.
+the device timestamp. Watermarks are kept per destination (catalog, warehouse, namespace), and only
+*settled* ids are copied (see :meth:`IcebergSync.sync`), so a row committed late behind a higher id
+is never skipped.
 """
 
 from __future__ import annotations
