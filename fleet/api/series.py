@@ -1,26 +1,18 @@
-"""Telemetry rows as chart points, and their down-sampling into fixed time buckets (long windows)."""
+"""Telemetry as chart points: raw rows, and per-time-bucket aggregates computed by the database."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Float, cast, func, literal_column, select, true
 from sqlalchemy.orm import Session
 
 from fleet.api.util import utc
-from fleet.db.models import Telemetry
+from fleet.db.models import RolloutDevice, Telemetry
 
-__all__ = ["bucketed_series", "bucketize", "telemetry_point"]
-
-_MEAN_KEYS = ("p50_ms", "p95_ms", "p99_ms", "cpu_percent", "memory_mb", "temperature_c", "confidence_mean",
-              "confidence_p10")
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
+__all__ = ["bucketed_series", "rollout_series", "telemetry_point"]
 
 
 def telemetry_point(t: Telemetry) -> dict[str, Any]:
@@ -39,56 +31,18 @@ def telemetry_point(t: Telemetry) -> dict[str, Any]:
     }
 
 
-def bucketize(points: list[dict[str, Any]], bucket_s: float) -> list[dict[str, Any]]:
-    """Group ``points`` (oldest first, each with an aware ``ts``) into ``bucket_s``-second buckets.
-
-    Latencies, resources and confidence are averaged; requests and errors are summed (so the error
-    rate is errors/requests over the bucket); input statistics are averaged per input; ``model`` and
-    ``seq`` are the bucket's last. A bucket's ``ts`` is its start; ``samples`` counts its points.
-    """
-    buckets: dict[int, list[dict[str, Any]]] = {}
-    for p in points:
-        key = int(p["ts"].timestamp() // bucket_s)
-        buckets.setdefault(key, []).append(p)
-    out = []
-    for key in sorted(buckets):
-        group = buckets[key]
-        requests = sum(p["requests"] or 0 for p in group)
-        errors = sum(p["errors"] or 0 for p in group)
-        names = {n for p in group for n in (p.get("inputs") or {})}
-        inputs = {n: {"mean": _mean(p["inputs"][n].get("mean") for p in group if n in (p.get("inputs") or {})),
-                      "std": _mean(p["inputs"][n].get("std") for p in group if n in (p.get("inputs") or {}))}
-                  for n in sorted(names)}
-        predictions: dict[str, int] = {}
-        for p in group:
-            for label, n in (p.get("predictions") or {}).items():
-                predictions[label] = predictions.get(label, 0) + int(n)
-        point = {
-            "ts": datetime.fromtimestamp(key * bucket_s, tz=timezone.utc), "samples": len(group),
-            "seq": group[-1]["seq"], "model": group[-1]["model"], "requests": requests, "errors": errors,
-            "error_rate": errors / requests if requests else None, "inputs": inputs, "predictions": predictions,
-        }
-        point.update({k: _mean(p.get(k) for p in group) for k in _MEAN_KEYS})
-        out.append(point)
-    return out
-
-
 def bucketed_series(session: Session, device_id: str, bucket_s: int, *, since: datetime | None = None,
                     until: datetime | None = None, limit: int = 500) -> list[dict[str, Any]]:
-    """:func:`bucketize` done by the database (GROUP BY time bucket), for windows of any length.
-
-    Same point shape as :func:`bucketize`, newest ``limit`` buckets, oldest first; ``model`` is the
-    bucket's highest ``name@version``. SQLite and PostgreSQL each get their own time and JSON functions.
+    """A device's telemetry averaged per ``bucket_s`` time bucket by the database, for windows of any
+    length: latencies, resources and confidence averaged, requests and errors summed (so ``error_rate``
+    is over the bucket), input statistics averaged per input, prediction counts summed; ``ts`` is the
+    bucket's start, ``samples`` its row count, ``seq`` its last, ``model`` its highest ``name@version``.
+    Newest ``limit`` buckets, oldest first. SQLite and PostgreSQL each get their own time/JSON functions.
     """
     b = max(1, int(bucket_s))
     pg = session.get_bind().dialect.name == "postgresql"
-    bucket = literal_column(f"floor(extract(epoch from telemetry.ts) / {b})" if pg
-                            else f"(CAST(strftime('%s', telemetry.ts) AS INTEGER) / {b})").label("bucket")
-
-    def drift_field(name: str):
-        if pg:
-            return cast(Telemetry.drift.op("->>")(name), Float)
-        return func.json_extract(Telemetry.drift, f"$.{name}")
+    bucket = _bucket(pg, b)
+    drift_field = partial(_drift_field, pg)
 
     where = [Telemetry.device_id == device_id]
     if since is not None:
@@ -125,6 +79,48 @@ def bucketed_series(session: Session, device_id: str, bucket_s: int, *, since: d
         if int(key) in points:
             points[int(key)]["predictions"][label] = int(count or 0)
     return [points[k] for k in sorted(points)]
+
+
+def _bucket(pg: bool, b: int):
+    """Telemetry's time bucket number (epoch seconds // ``b``); ``b`` is a validated int, not user text."""
+    return literal_column(f"floor(extract(epoch from telemetry.ts) / {int(b)})" if pg
+                          else f"(CAST(strftime('%s', telemetry.ts) AS INTEGER) / {int(b)})").label("bucket")
+
+
+def _drift_field(pg: bool, name: str):
+    if pg:
+        return cast(Telemetry.drift.op("->>")(name), Float)
+    return func.json_extract(Telemetry.drift, f"$.{name}")
+
+
+def rollout_series(session: Session, rollout_id: str, bucket_s: int, *, since: datetime,
+                   until: datetime | None = None) -> dict[int, dict[str, list[dict[str, Any]]]]:
+    """Per wave and ``name@version``: the wave's devices' telemetry averaged per time bucket, computed by
+    the database (``{wave: {model: [points oldest first]}}``; points carry ts, samples, p50/p95/p99,
+    error_rate, confidence_mean, requests)."""
+    b = max(1, int(bucket_s))
+    pg = session.get_bind().dialect.name == "postgresql"
+    bucket = _bucket(pg, b)
+    model = (func.coalesce(Telemetry.model_name, "unknown") + "@" + func.coalesce(Telemetry.model_version, "?"))
+    where = [RolloutDevice.rollout_id == rollout_id, Telemetry.ts >= since]
+    if until is not None:
+        where.append(Telemetry.ts <= until)
+    rows = session.execute(
+        select(RolloutDevice.wave, model.label("model"), bucket, func.count(), func.avg(Telemetry.p50_ms),
+               func.avg(Telemetry.p95_ms), func.avg(Telemetry.p99_ms), func.sum(Telemetry.requests),
+               func.sum(Telemetry.errors), func.avg(_drift_field(pg, "confidence_mean")))
+        .select_from(Telemetry).join(RolloutDevice, RolloutDevice.device_id == Telemetry.device_id)
+        .where(*where).group_by(RolloutDevice.wave, model, bucket).order_by(RolloutDevice.wave, model, bucket)
+    ).all()
+    out: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for wave, mdl, k, n, p50, p95, p99, req, err, conf in rows:
+        req, err = int(req or 0), int(err or 0)
+        out.setdefault(int(wave), {}).setdefault(mdl, []).append({
+            "ts": datetime.fromtimestamp(int(k) * b, tz=timezone.utc), "samples": n, "p50_ms": _f(p50),
+            "p95_ms": _f(p95), "p99_ms": _f(p99), "error_rate": err / req if req else None,
+            "confidence_mean": _f(conf), "requests": req,
+        })
+    return out
 
 
 def _f(v: Any) -> float | None:

@@ -12,15 +12,14 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from sqlalchemy.orm import defer
 
 from edgekit.errors import ConfigError, FleetError, RolloutError
 from fleet.api.deps import Admin, Ctx, Reader
 from fleet.api.errors import NotFoundError
-from fleet.api.series import bucketize, telemetry_point
+from fleet.api.series import rollout_series
 from fleet.api.util import utc
 from fleet.audit import record
-from fleet.db.models import Event, RolloutDevice, Telemetry
+from fleet.db.models import Event, RolloutDevice
 from fleet.rollouts import RolloutSpec, RolloutStatus
 
 __all__ = ["RolloutCreate", "router"]
@@ -113,36 +112,20 @@ def rollout_events(rollout_id: str, ctx: Ctx, _p: Reader, limit: int = Query(200
     return {"rollout_id": rollout_id, "count": len(rows), "events": rows}
 
 
-#: at most this many telemetry rows feed one rollout's charts (the most recent ones)
-MAX_ROLLOUT_ROWS = 200_000
-
-
 @router.get("/{rollout_id}/telemetry",
             summary="Per wave and model version: p95 latency, error rate and confidence over time, for charts")
 def rollout_telemetry(rollout_id: str, ctx: Ctx, _p: Reader,
-                      bucket_s: float = Query(60.0, gt=0, le=86_400),
+                      bucket_s: float = Query(60.0, ge=1, le=86_400),
                       baseline_s: float = Query(3600.0, ge=0, le=7 * 86_400,
                                                 description="how far before the rollout to show")) -> dict[str, Any]:
     st = _status(ctx, rollout_id)
-    start = st.created_at - timedelta(seconds=baseline_s)
+    b = int(bucket_s)
+    since = st.created_at - timedelta(seconds=baseline_s)
+    until = st.finished_at + timedelta(seconds=b) if st.finished_at is not None else None
     with ctx.database.session() as s:
-        wave_of = dict(s.execute(select(RolloutDevice.device_id, RolloutDevice.wave)
-                                 .where(RolloutDevice.rollout_id == rollout_id)).all())
-        q = (select(Telemetry).options(defer(Telemetry.payload))
-             .where(Telemetry.device_id.in_(list(wave_of)), Telemetry.ts >= start))
-        if st.finished_at is not None:
-            q = q.where(Telemetry.ts <= st.finished_at + timedelta(seconds=bucket_s))
-        rows = s.scalars(q.order_by(Telemetry.ts.desc()).limit(MAX_ROLLOUT_ROWS)).all()
-        points = [(wave_of[t.device_id], telemetry_point(t)) for t in reversed(rows)]
-    by_wave: dict[int, dict[str, list[dict[str, Any]]]] = {}
-    for wave, p in points:
-        by_wave.setdefault(wave, {}).setdefault(p["model"] or "unknown", []).append(p)
-    keep = ("ts", "samples", "p50_ms", "p95_ms", "p99_ms", "error_rate", "confidence_mean", "requests")
-    waves = [{"index": w, "series": {model: [{k: b[k] for k in keep} for b in bucketize(pts, bucket_s)]
-                                     for model, pts in sorted(series.items())}}
-             for w, series in sorted(by_wave.items())]
-    return {"rollout_id": rollout_id, "bundle": st.bundle, "bucket_s": bucket_s, "rows": len(points),
-            "truncated": len(points) >= MAX_ROLLOUT_ROWS, "waves": waves}
+        by_wave = rollout_series(s, rollout_id, b, since=since, until=until)
+    waves = [{"index": w, "series": dict(sorted(series.items()))} for w, series in sorted(by_wave.items())]
+    return {"rollout_id": rollout_id, "bundle": st.bundle, "bucket_s": float(b), "waves": waves}
 
 
 def _command(ctx, principal, rollout_id: str, verb: str, details: dict[str, Any] | None = None) -> RolloutStatus:
