@@ -43,7 +43,7 @@ def _markdown(r: dict[str, Any]) -> str:
     for row in r["rows"]:
         m = row["metrics"]
         if row.get("skipped"):
-            lines.append(f"| {row['id']} | skipped: {'; '.join(row.get('notes', []))} |  |  |  |  |  |  |")
+            lines.append(f"| {row['id']} | {'; '.join(row.get('notes', []))} |  |  |  |  |  |  |")
             continue
         mark = " ⭐" if row.get("id") == r.get("chosen") else ""
         lines.append(

@@ -84,9 +84,9 @@ def test_unexportable_model_names_the_operator_and_module(workdir, tmp_path):
 def test_checkpoint_that_does_not_fit_and_bad_factory(workdir, tmp_path):
     import tiny_models as tm
 
-    torch.save(tm.TinyResNet(width=8).state_dict(), tmp_path / "w8.pt")
-    with pytest.raises(ConfigError, match=r"checkpoint .*w8.pt does not fit the model"):
-        _ws(workdir, tmp_path, "tiny_models:TinyResNet", str(tmp_path / "w8.pt"))
+    torch.save(tm.TinyResNet(width=4).state_dict(), tmp_path / "w4.pt")
+    with pytest.raises(ConfigError, match=r"checkpoint .*w4.pt does not fit the model"):
+        _ws(workdir, tmp_path, "tiny_models:TinyResNet", str(tmp_path / "w4.pt"))
     (tmp_path / "pickled.pt").write_bytes(b"not a state dict")
     with pytest.raises(ConfigError, match="not a plain state dict"):
         _ws(workdir, tmp_path, "tiny_models:TinyResNet", str(tmp_path / "pickled.pt"))

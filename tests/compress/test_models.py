@@ -1,5 +1,6 @@
 """Residual, MobileNet-style (depthwise + squeeze-excite + concat), 1-D and two-input transformer models
-each go prune → export (ONNX Runtime parity on real samples) → INT8 QDQ quantize."""
+each go prune → export (ONNX Runtime parity on real samples) → INT8 (static QDQ for the CNNs, dynamic
+for the MatMul-heavy transformer, where static QDQ of attention loses too much on this tiny model)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,12 @@ def test_prune_export_quantize_with_parity(case, workdir, tmp_path):
                    output_names=["logits"], data=DataSpec(source=str(data_path)), metric="accuracy",
                    target="x86-avx2", budget=Budget(max_accuracy_drop=100), cache_dir=tmp_path / "cache",
                    base_dir=workdir, quiet=True, bench_iterations=10)
-    stages = ws.run_chain([PruneConfig(method=method, ratio=0.5, finetune_epochs=1),
-                           ExportConfig(), QuantizeConfig(calibration_samples=32)])
+    # The residual case prunes globally in two steps with fine-tuning after each; the others per layer.
+    prune = (PruneConfig(method=method, ratio=0.5, finetune_epochs=1, global_pruning=True, iterations=2)
+             if case == "residual" else PruneConfig(method=method, ratio=0.5, finetune_epochs=1))
+    # Transformers take the MatMul-heavy route (dynamic INT8); the CNNs static QDQ.
+    quant = QuantizeConfig(mode="dynamic") if case == "transformer" else QuantizeConfig(calibration_samples=32)
+    stages = ws.run_chain([prune, ExportConfig(), quant])
     pruned, exported, quantized = stages
 
     # Structured pruning really removed parameters (and the model still runs: it was evaluated).
@@ -56,15 +61,18 @@ def test_prune_export_quantize_with_parity(case, workdir, tmp_path):
     rec = exported.records[-1]
     assert rec.metrics["parity_samples"] > 0 and rec.metrics["parity_max_abs_diff"] < 1e-3
 
-    # Quantize: explicit QDQ whose outputs stay close to the float model on real samples.
+    # Quantize: INT8 whose outputs stay close to the float model on real samples.
     qmodel = onnx.load(quantized.artifact.onnx_path)
     ops = {n.op_type for n in qmodel.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    qp = quantized.records[-1].params
-    assert (qp["activation_type"], qp["weight_type"]) == ("int8", "int8")  # the x86-avx2 profile: S8S8
+    if case == "transformer":
+        assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
+    else:
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # explicit QDQ
+        qp = quantized.records[-1].params
+        assert (qp["activation_type"], qp["weight_type"]) == ("int8", "int8")  # the x86-avx2 profile: S8S8
     val = ws.data.val.head(64)
     f32 = predict_onnx(exported.artifact.onnx_path, val)
     i8 = predict_onnx(quantized.artifact.onnx_path, val)
-    assert cosine_fidelity(i8, f32) > 0.9
+    assert cosine_fidelity(i8, f32) > 0.95
     for s in stages:
         assert s.metrics["p50_ms"] > 0 and "accuracy" in s.metrics

@@ -24,7 +24,7 @@ class ResBlock(nn.Module):
 
 
 class TinyResNet(nn.Module):
-    def __init__(self, width: int = 16, classes: int = 4):
+    def __init__(self, width: int = 8, classes: int = 4):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.b1 = ResBlock(width, width)
@@ -78,7 +78,7 @@ class TinyMobileNet(nn.Module):
 
 
 class Tiny1D(nn.Module):
-    def __init__(self, width: int = 16, classes: int = 3):
+    def __init__(self, width: int = 8, classes: int = 3):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv1d(2, width, 5, padding=2), nn.BatchNorm1d(width), nn.ReLU(),

@@ -42,6 +42,7 @@ def measure_latency(art: Artifact, ctx: PassContext, *, iterations: int | None =
                     module=None) -> dict[str, float]:
     """p50/p95 ms at batch 1 on the target runtime (ONNX) or PyTorch eager (torch artifacts)."""
     iterations = iterations or ctx.bench_iterations
+    warmup = min(warmup, iterations)
     feeds = _feeds(art, ctx)
     threads = ctx.threads or ctx.profile.threads
     if art.kind == "onnx":
