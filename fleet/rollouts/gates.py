@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleet.db.models import Event, Rollout, RolloutDevice, RolloutWave, Telemetry
@@ -59,21 +59,28 @@ def _per_device_means(rows: list[tuple[str, float | None]]) -> dict[str, float]:
     return {d: sum(v) / len(v) for d, v in acc.items()}
 
 
-def _baseline(s: Session, rd: RolloutDevice, before: datetime) -> list[Telemetry]:
-    if rd.previous_version is None:
-        return []
-    q = (
-        select(Telemetry)
-        .where(
-            Telemetry.device_id == rd.device_id,
-            Telemetry.model_name == rd.previous_name,
-            Telemetry.model_version == rd.previous_version,
-            Telemetry.ts < before,
-        )
-        .order_by(Telemetry.ts.desc())
-        .limit(BASELINE_ROWS)
-    )
-    return list(s.scalars(q))
+def _baselines(s: Session, members: list[RolloutDevice], before: datetime) -> list[tuple[str, float | None,
+                                                                                       float | None]]:
+    """``(device, p95, confidence)`` of each member's last ``BASELINE_ROWS`` telemetry rows on its previous
+    version before ``before``: one windowed query per chunk of devices (SQLite ≥ 3.25, PostgreSQL)."""
+    out: list[tuple[str, float | None, float | None]] = []
+    by_version: dict[tuple[str, str], list[str]] = {}
+    for m in members:
+        if m.previous_name and m.previous_version:
+            by_version.setdefault((m.previous_name, m.previous_version), []).append(m.device_id)
+    for (name, version), ids in by_version.items():
+        for part in chunked(ids):
+            rank = func.row_number().over(partition_by=Telemetry.device_id, order_by=Telemetry.ts.desc())
+            inner = (
+                select(Telemetry.device_id, Telemetry.p95_ms, Telemetry.drift, rank.label("rn"))
+                .where(Telemetry.device_id.in_(part), Telemetry.model_name == name,
+                       Telemetry.model_version == version, Telemetry.ts < before)
+                .subquery()
+            )
+            for device_id, p95, drift, _ in s.execute(select(inner).where(inner.c.rn <= BASELINE_ROWS)):
+                conf = (drift or {}).get("confidence_mean")
+                out.append((device_id, p95, float(conf) if isinstance(conf, (int, float)) else None))
+    return out
 
 
 def _confidence(t: Telemetry) -> float | None:
@@ -121,12 +128,9 @@ def evaluate_gate(s: Session, rollout: Rollout, wave: RolloutWave, members: list
     else:
         m["error_rate"] = None
 
-    base_rows: list[Telemetry] = []
-    if wave.started_at is not None:
-        for r in installed:
-            base_rows.extend(_baseline(s, r, wave.started_at))
+    base_rows = _baselines(s, installed, wave.started_at) if wave.started_at is not None else []
     new_p95 = _per_device_means([(t.device_id, t.p95_ms) for t in new_rows])
-    old_p95 = _per_device_means([(t.device_id, t.p95_ms) for t in base_rows])
+    old_p95 = _per_device_means([(d, p95) for d, p95, _ in base_rows])
     both = sorted(set(new_p95) & set(old_p95))
     p_new, p_old = _median([new_p95[d] for d in both]), _median([old_p95[d] for d in both])
     m["p95_new_ms"], m["p95_previous_ms"], m["p95_devices"] = p_new, p_old, len(both)
@@ -141,7 +145,7 @@ def evaluate_gate(s: Session, rollout: Rollout, wave: RolloutWave, members: list
         m["p95_regression"] = None
 
     new_conf = _per_device_means([(t.device_id, _confidence(t)) for t in new_rows])
-    old_conf = _per_device_means([(t.device_id, _confidence(t)) for t in base_rows])
+    old_conf = _per_device_means([(d, conf) for d, _, conf in base_rows])
     cboth = sorted(set(new_conf) & set(old_conf))
     c_new, c_old = _median([new_conf[d] for d in cboth]), _median([old_conf[d] for d in cboth])
     m["confidence_new"], m["confidence_previous"] = c_new, c_old

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from edgekit.errors import FleetError, RolloutError
@@ -121,6 +121,9 @@ class RolloutManager:
         self.publisher = publisher
         self.clock = clock
         self._lock = threading.RLock()
+        self._refs: dict[tuple[str, str], BundleRef] = {}
+        #: device rows preloaded for the rollout being advanced (cleared after each)
+        self._devices: dict[str, Device] = {}
 
     def now(self) -> datetime:
         return aware(self.clock())  # type: ignore[return-value]
@@ -179,15 +182,21 @@ class RolloutManager:
 
     def abort(self, rollout_id: str, reason: str = "aborted by operator") -> RolloutStatus:
         """Stop for good and roll the wave in flight back; finished waves keep the new version."""
-        with self._lock, self.database.session() as s:
-            r = self._get(s, rollout_id)
-            if r.state not in ACTIVE_STATES:
-                raise RolloutError(f"rollout {rollout_id} is {r.state}; only a running or paused rollout can be aborted")
-            wave = self._wave(s, r.id, r.current_wave)
-            if wave is not None and wave.state in ("installing", "soaking"):
-                self._roll_back_wave(s, r, wave, "failed")
-            r.state, r.reason = "aborted", reason
-            r.updated_at = r.finished_at = self.now()
+        with self._lock:
+            try:
+                with self.database.session() as s:
+                    r = self._get(s, rollout_id)
+                    if r.state not in ACTIVE_STATES:
+                        raise RolloutError(f"rollout {rollout_id} is {r.state}; only a running or paused rollout "
+                                           "can be aborted")
+                    wave = self._wave(s, r.id, r.current_wave)
+                    if wave is not None and wave.state in ("installing", "soaking"):
+                        self._roll_back_wave(s, r, wave, "failed")
+                    r.state, r.reason = "aborted", reason
+                    r.updated_at = r.finished_at = self.now()
+            finally:
+                self._devices.clear()
+                self._refs.clear()
         self.flush_outbox()
         return self.status(rollout_id)
 
@@ -240,6 +249,7 @@ class RolloutManager:
         A failure in one rollout is logged and does not stop the others (nor the ticker).
         """
         with self._lock:
+            self._refs.clear()
             with self.database.session() as s:
                 ids = list(s.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE_STATES + ("completed",)))
                                      .order_by(Rollout.created_at.desc())))
@@ -249,6 +259,8 @@ class RolloutManager:
                         self._advance(s, self._get(s, rid))
                 except Exception:  # noqa: BLE001 - one bad rollout must not stop the fleet's ticker
                     log.exception("rollout %s: tick failed; will retry", rid)
+                finally:
+                    self._devices.clear()
             self.flush_outbox()
 
     def _advance(self, s: Session, r: Rollout) -> None:
@@ -274,6 +286,7 @@ class RolloutManager:
         members = self._members(s, r.id, wave.index)
         if wave.state == "pending":
             members = self._prefer_online(s, r, wave.index, members)
+            self._load_devices(s, [m.device_id for m in members if m.state == "pending"])
             for m in members:
                 if m.state == "pending":
                     self._send_new_bundle(s, r, m, now)
@@ -362,7 +375,9 @@ class RolloutManager:
 
     def _roll_back_wave(self, s: Session, r: Rollout, wave: RolloutWave, wave_state: str) -> None:
         now = self.now()
-        for m in self._members(s, r.id, wave.index):
+        members = self._members(s, r.id, wave.index)
+        self._load_devices(s, [m.device_id for m in members])
+        for m in members:
             if m.state in ("desired", "installed", "failed"):
                 self._send_previous(s, r, m, now)
         wave.state, wave.finished_at = wave_state, now
@@ -436,8 +451,15 @@ class RolloutManager:
                 m.state, m.error = "failed", f"not installed within {r.install_timeout_s:.0f}s"
 
     # -- desired state --------------------------------------------------------------------------
+    def _bundle_ref(self, name: str, version: str) -> BundleRef:
+        # one registry lookup per bundle per tick, not one per device
+        key = (name, version)
+        if key not in self._refs:
+            self._refs[key] = self.registry.bundle_ref(name, version)
+        return self._refs[key]
+
     def _send_new_bundle(self, s: Session, r: Rollout, m: RolloutDevice, now: datetime) -> None:
-        ref = self.registry.bundle_ref(r.bundle_name, r.bundle_version)
+        ref = self._bundle_ref(r.bundle_name, r.bundle_version)
         m.generation = self._write_desired(s, m.device_id, ref, r.id, now)
         m.state, m.desired_at, m.error = "desired", now, None
 
@@ -450,7 +472,7 @@ class RolloutManager:
                 ref = None
         if ref is None and m.previous_name and m.previous_version:
             try:
-                ref = self.registry.bundle_ref(m.previous_name, m.previous_version)
+                ref = self._bundle_ref(m.previous_name, m.previous_version)
             except BundleNotFoundError:
                 ref = None
         if ref is None:
@@ -459,7 +481,10 @@ class RolloutManager:
         m.state = "rolled_back"
 
     def _write_desired(self, s: Session, device_id: str, ref: BundleRef | None, rid: str, now: datetime) -> int:
-        d = s.get(Device, device_id)
+        d = self._devices.get(device_id)
+        if d is None:
+            with s.no_autoflush:
+                d = s.get(Device, device_id)
         if d is None:
             raise FleetError(f"device {device_id} vanished from the registry")
         generation = (d.desired_generation or 0) + 1
@@ -490,6 +515,7 @@ class RolloutManager:
         many = getattr(self.publisher, "publish_many", None)
         if many is not None and pending:
             return self._flush_pipelined(many, pending)
+        done: list[tuple[str, int]] = []
         for device_id, payload, generation in pending:
             try:
                 desired = Desired.model_validate(payload) if payload else None
@@ -497,12 +523,22 @@ class RolloutManager:
             except FleetError as exc:
                 log.warning("desired state of %s not published yet: %s", device_id, exc)
                 continue
-            with self.database.session() as s:
-                d = s.get(Device, device_id)
-                if d is not None and d.desired_generation == generation:
-                    d.desired_published = True
+            done.append((device_id, generation))
             sent += 1
+        self._mark_published(done)
         return sent
+
+    def _mark_published(self, done: list[tuple[str, int]]) -> None:
+        """Clear the outbox flag of these devices, unless their desired state changed meanwhile."""
+        if not done:
+            return
+        dev = Device.__table__
+        with self.database.session() as s:
+            s.connection().execute(
+                update(dev).where(dev.c.id == bindparam("did"), dev.c.desired_generation == bindparam("gen"))
+                .values(desired_published=True),
+                [{"did": d, "gen": g} for d, g in done],
+            )
 
     def _flush_pipelined(self, many, pending: list[tuple[str, dict | None, int]]) -> int:
         acked_total = 0
@@ -513,12 +549,7 @@ class RolloutManager:
             except FleetError as exc:
                 log.warning("desired state of %d device(s) not published yet: %s", len(part), exc)
                 return acked_total
-            with self.database.session() as s:
-                for device_id, _, generation in part:
-                    if device_id in acked:
-                        d = s.get(Device, device_id)
-                        if d is not None and d.desired_generation == generation:
-                            d.desired_published = True
+            self._mark_published([(d, g) for d, _, g in part if d in acked])
             acked_total += len(acked)
             if len(acked) < len(part):
                 log.warning("broker acknowledged %d of %d desired states; the rest is retried",
@@ -541,6 +572,12 @@ class RolloutManager:
     def _members(s: Session, rid: str, wave: int) -> list[RolloutDevice]:
         return list(s.scalars(select(RolloutDevice).where(RolloutDevice.rollout_id == rid, RolloutDevice.wave == wave)
                               .order_by(RolloutDevice.device_id)))
+
+    def _load_devices(self, s: Session, ids: list[str]) -> None:
+        """Load these device rows at once and keep them for ``_write_desired`` (no query per device)."""
+        for part in chunked(ids):
+            for d in s.scalars(select(Device).where(Device.id.in_(part))):
+                self._devices[d.id] = d
 
     @staticmethod
     def _any_installed(s: Session, rid: str) -> bool:
