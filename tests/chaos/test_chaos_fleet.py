@@ -132,3 +132,54 @@ def test_fleet_db_has_every_seq_after_fleet_kill(rollout_under_fire, chaos_recor
     chaos_record.update(devices=run["n"], fleet_db_missing=sum(map(len, gaps.values())),
                         devices_with_gaps=len(gaps), example=next(iter(gaps.items()), None))
     assert gaps == {}, f"the fleet database misses {sum(map(len, gaps.values()))} seqs of {len(gaps)} devices"
+
+
+def test_broker_killed_while_the_fleet_drives_a_rollout(pbroker, collector, versions, signing_keys, tmp_path,
+                                                        chaos_record):
+    """The fleet's desired-state outbox and ingest ride out a broker crash in the middle of a wave."""
+    from test_chaos_broker import classify_loss, kill_restart
+
+    _, _, keydir = signing_keys
+    n_sim = 100 if long_mode() else 20
+    fleet = FleetProcess(tmp_path / "fleet", broker_url=pbroker.url, keys_dir=keydir).start()
+    script = SimScript.model_validate({"initial_model": {"name": "tiny", "version": "1.0.0"},
+                                       "ota": {"step_s": 0.2, "soak_s": 0.5}})
+    sim = SimulatorThread(Simulator(SimConfig(broker_url=pbroker.url, devices=n_sim, telemetry_interval_s=0.5,
+                                              trusted_keys=[keydir / "signing.pub"], fleet_url=fleet.url,
+                                              profile="x86-avx2", drain_s=15, track_acks=True), script)).start()
+    agent = AgentProcess(tmp_path / "agent", broker_url=pbroker.url, device_id="agent-0", seed=versions["1.0.0"],
+                         keys_dir=keydir, soak_s=0.5, telemetry_interval_s=0.5).start()
+    try:
+        with fleet.client() as c:
+            c.push(versions["1.0.0"])
+            c.push(versions["2.0.0"])
+        assert agent.wait_ready(60), agent.tail()
+        assert wait_until(lambda: len([d for d in fleet.client().devices() if d["online"]]) == n_sim + 1, timeout=60)
+        with fleet.client() as c:
+            rid = c.create_rollout({"bundle": "tiny@2.0.0", "selector": "all", "waves": [10, 50, 100], "soak_s": 2.0,
+                                    "max_failure_rate": 0.5, "max_p95_regression": 5.0, "max_confidence_drop": 1.0,
+                                    "install_timeout_s": 120.0})["id"]
+        assert wait_until(lambda: fleet.client().rollout(rid)["current_wave"] >= 1, timeout=60), fleet.tail()
+        at_kill = {k: fleet.client().rollout(rid)[k] for k in ("state", "current_wave")}
+        kill_at = kill_restart(pbroker, 2.0)
+        assert wait_until(lambda: fleet.client().rollout(rid)["state"] in ("completed", "halted", "aborted"),
+                          timeout=120), fleet.tail()
+        roll = fleet.client().rollout(rid)
+        assert sim.wait_for(lambda s: all(d.ota.state in ("installed", "failed", "rolled_back") and not d.ota.soaking
+                                          for d in s.devices), timeout=60)
+        assert wait_until(lambda: agent.served_version("tiny") == "2.0.0", timeout=60), agent.tail()
+    finally:
+        report = sim.stop()
+        agent.stop()
+        fleet.stop()
+    last, evicted, held = spool_state(agent)
+    seqs = dict(report.last_seq) | {"agent-0": last}
+    missing = collector.wait_complete(seqs, timeout=20, exclude={"agent-0": held})
+    by_broker, unexplained = classify_loss(missing, sim.sim, collector, [kill_at])
+    chaos_record.update(devices=n_sim + 1, at_kill=at_kill, final_state=roll["state"], reason=roll.get("reason"),
+                        waves=[(w["state"], w["installed"], w["failed"]) for w in roll["waves"]],
+                        models=report.models, lost_by_broker_after_puback=by_broker,
+                        unexplained=sum(map(len, unexplained.values())))
+    assert roll["state"] == "completed", roll
+    assert report.models == {"tiny@2.0.0": n_sim}
+    assert unexplained == {} and evicted == 0, unexplained
