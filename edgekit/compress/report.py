@@ -81,6 +81,15 @@ def _plot(r: dict[str, Any], path: Path) -> None:
         if row.get("id") == r.get("chosen"):
             ax.scatter(m["p50_ms"], m[metric], marker="*", s=260, c="tab:red", zorder=3, label="chosen")
     ax.axhline(r["baseline"], color="tab:blue", ls="--", lw=0.8, label=f"source {metric}")
+    budget = r.get("budget") or {}
+    if metric == "fidelity":
+        floor = budget.get("min_fidelity")
+    else:
+        floor = r["baseline"] - budget.get("max_accuracy_drop", 0) / 100.0 if "max_accuracy_drop" in budget else None
+    if floor is not None:
+        ax.axhline(floor, color="tab:red", ls=":", lw=0.8, label="quality budget")
+    if budget.get("latency_ms"):
+        ax.axvline(budget["latency_ms"], color="tab:orange", ls=":", lw=0.8, label="latency budget")
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency, batch 1, ms ({r['target']}, log scale)")
     ax.set_ylabel(metric)

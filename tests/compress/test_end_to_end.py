@@ -88,3 +88,16 @@ def test_budget_mode_picks_fastest_within_budget_or_says_none(workdir, tmp_path,
     assert not list(out2.glob("*.ekb"))
     assert json.loads((out2 / "report.json").read_text())["closest"]
     assert np.isfinite(report["baseline"])
+
+
+def test_bad_cli_options_exit_1_with_a_clear_line(workdir, tmp_path, capsys):
+    base = ["compress", "--model", "tiny_models:TinyResNet", "--data", str(workdir / "images.npz"),
+            "--out", str(tmp_path / "o")]
+    assert _cli([*base, "--input", "image:float32:batch,1,16,16", "--target", "toaster"]) == 1
+    assert "unknown device profile 'toaster'; known:" in capsys.readouterr().err
+    assert _cli([*base, "--input", "image-float32"]) == 1
+    assert "--input 'image-float32': expected name:dtype:dims" in capsys.readouterr().err
+    assert _cli([*base]) == 1
+    assert "a PyTorch model needs its inputs described" in capsys.readouterr().err
+    assert _cli(["compress", "--out", str(tmp_path / "o")]) == 1
+    assert "give --recipe, or --model and --data" in capsys.readouterr().err

@@ -70,3 +70,11 @@ def test_cross_field_rules_are_reported_on_their_pass():
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_the_digits_example_recipe_is_valid():
+    from pathlib import Path
+
+    r = load_recipe(Path(__file__).resolve().parents[2] / "examples/digits/recipe.yaml")
+    assert [p.pass_name for p in r.passes] == ["distill", "export", "quantize", "evaluate", "tensorrt"]
+    assert r.budget.max_accuracy_drop == 0.5 and r.target == "x86-avx2"

@@ -57,6 +57,8 @@ class QuantizeConfig(PassConfig):
     #: quality budget for this pass alone (points vs. its input); None: the run's budget vs. the source
     max_accuracy_drop: float | None = Field(default=None, ge=0)
     nodes_to_exclude: list[str] = Field(default_factory=list)
+    #: operator types to quantize (None: onnxruntime's defaults; dynamic mode: MatMul and Gemm)
+    op_types: list[str] | None = None
     #: fail when the budget is still missed after fallback (False: keep the best and note it)
     strict: bool = True
 
@@ -104,7 +106,7 @@ def _types(cfg: QuantizeConfig, ctx: PassContext):
 
 def quantize_static_qdq(src: Path, dst: Path, calib: ArraySet, input_names: list[str], *, act_type, weight_type,
                         per_channel: bool, reduce_range: bool, method: str, exclude: list[str],
-                        on_batch=None) -> None:
+                        on_batch=None, op_types: list[str] | None = None) -> None:
     """One ``quantize_static`` run to explicit QDQ (translating onnxruntime's errors)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
@@ -116,6 +118,7 @@ def quantize_static_qdq(src: Path, dst: Path, calib: ArraySet, input_names: list
             str(src), str(dst), SampleReader(calib, input_names, on_batch=on_batch), quant_format=QuantFormat.QDQ,
             per_channel=per_channel, reduce_range=reduce_range, activation_type=act_type, weight_type=weight_type,
             calibrate_method=methods[method], nodes_to_exclude=list(exclude) or None, extra_options=extra,
+            op_types_to_quantize=op_types,
         )
     except Exception as exc:  # onnxruntime raises plain Exceptions / ValueErrors here
         raise CompressError(f"onnxruntime quantize_static failed on {src.name}: {exc}") from exc
@@ -197,7 +200,7 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
         with ctx.progress(f"calibrating ({label})", total=len(calib)) as advance:
             quantize_static_qdq(src, out, calib, names, act_type=act, weight_type=wt, per_channel=per_channel,
                                 reduce_range=reduce_range, method=cfg.calibration, exclude=exclude,
-                                on_batch=advance)
+                                on_batch=advance, op_types=cfg.op_types)
         return ctx.score(predict_onnx(out, val, threads=ctx.threads))
 
     exclude = list(cfg.nodes_to_exclude)
@@ -248,7 +251,7 @@ def _dynamic(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
     wt = QuantType.QInt8 if (cfg.weight_type or "int8") == "int8" else QuantType.QUInt8
     per_channel = bool(cfg.per_channel)
     try:
-        quantize_dynamic(str(art.onnx_path), str(out), op_types_to_quantize=["MatMul", "Gemm"],
+        quantize_dynamic(str(art.onnx_path), str(out), op_types_to_quantize=cfg.op_types or ["MatMul", "Gemm"],
                          per_channel=per_channel, reduce_range=bool(cfg.reduce_range), weight_type=wt,
                          nodes_to_exclude=list(cfg.nodes_to_exclude) or None)
     except Exception as exc:
@@ -256,7 +259,7 @@ def _dynamic(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
     score = ctx.score(predict_onnx(out, ctx.val, threads=ctx.threads))
     new = Artifact.create("onnx", out_dir, ["model.onnx"], list(art.inputs), list(art.outputs),
                           {"format": "onnx", "precision": precision_of(load_onnx(out)), "factory": art.meta.get("factory")})
-    return PassOutput(new, params={**cfg.model_dump(), "op_types": ["MatMul", "Gemm"]},
+    return PassOutput(new, params={**cfg.model_dump(), "op_types": cfg.op_types or ["MatMul", "Gemm"]},
                       metrics={ctx.metric.name: score, "quantize_s": time.perf_counter() - t0})
 
 
