@@ -6,6 +6,8 @@ import threading
 
 import pytest
 from fleet_web_helpers import drop_guards
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from fleet.audit import GENESIS, head, record, verify_chain
@@ -170,3 +172,26 @@ def test_database_refuses_edits_and_deletes(web_db):
     with web_db.engine.begin() as c:
         c.execute(text("UPDATE audit_log SET actor = 'x' WHERE seq = 2"))
     assert _verify(web_db).bad_seq == 2
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(min_value=1, max_value=8), data=st.data())
+def test_any_single_edit_is_pinpointed(sqlite_db, n, data):
+    """Property: whatever one field of whichever entry is changed, verify names exactly that entry."""
+    with sqlite_db.engine.begin() as c:
+        c.execute(text("DELETE FROM audit_log"))
+    for i in range(n):
+        with sqlite_db.session() as s:
+            record(s, f"actor{i}", "act.ion", f"t{i}", {"i": i, "tags": ["x"]})
+    victim = data.draw(st.integers(min_value=1, max_value=n), label="entry")
+    column, value = data.draw(st.sampled_from([
+        ("actor", "mallory"), ("action", "other.action"), ("target", "elsewhere"),
+        ("details", '{"i": -1}'), ("ts", "2001-01-01 00:00:00.000000"), ("prev_hash", "f" * 64),
+        ("hash", "e" * 64),
+    ]), label="edit")
+    with sqlite_db.engine.begin() as c:
+        c.execute(text(f"UPDATE audit_log SET {column} = :v WHERE seq = :s"), {"v": value, "s": victim})
+    r = _verify(sqlite_db)
+    assert not r.ok
+    assert r.bad_seq == victim, (column, victim, r)
+    assert r.entries == victim - 1  # everything before it still verified
