@@ -185,11 +185,11 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _golden(ws: Workspace, art: Artifact, n: int) -> tuple[GoldenSet, float | None]:
+def _golden(ws: Workspace, art: Artifact, n: int, classification: bool) -> tuple[GoldenSet, float | None]:
     sample = ws.data.val.head(n)
     outs = predict_onnx(art.onnx_path, sample, threads=1)
     acc = None
-    if sample.labels is not None and ws.ctx.metric.name == "accuracy":
+    if sample.labels is not None and classification:
         logits = next(iter(outs.values()))
         acc = float((logits.reshape(len(sample), -1).argmax(1) == sample.labels).mean())
     return GoldenSet(inputs=dict(sample.inputs), outputs=outs, labels=sample.labels), acc
@@ -201,7 +201,8 @@ def write_bundle(ws: Workspace, stage: Stage, *, info: BundleInfo, out_dir: Path
     art = stage.artifact
     if art.kind != "onnx":
         raise CompressError("the chosen model is not ONNX; a bundle ships ONNX")
-    golden, golden_acc = _golden(ws, art, info.golden_samples)
+    classification = bool(labels) or ws.ctx.metric.name == "accuracy"
+    golden, golden_acc = _golden(ws, art, info.golden_samples, classification)
     precision = art.meta.get("precision") or precision_of(load_onnx(art.onnx_path))
     quantized = precision in ("int8", "mixed")
     peak = max(float(np.abs(v).max(initial=0)) for v in golden.outputs.values())
@@ -210,7 +211,7 @@ def write_bundle(ws: Workspace, stage: Stage, *, info: BundleInfo, out_dir: Path
         min_golden_accuracy=None if golden_acc is None else max(0.0, golden_acc - 1.0 / len(golden.labels)),
     )
     calib = next((r.params.get("calibration_data_sha256") for r in stage.records if r.name == "quantize"), None)
-    task = "classification" if ws.ctx.metric.name == "accuracy" else ("other" if ws.data.labeled else "embedding")
+    task = "classification" if classification else ("other" if ws.data.labeled else "embedding")
     keep = ("accuracy", "fidelity", "p50_ms", "p95_ms", "size_mb", "params", "macs")
     metrics = {k: float(v) for k, v in stage.metrics.items() if k in keep or k == ws.ctx.metric.name}
     metrics["source_" + ws.ctx.metric.name] = float(ws.ctx.baseline)
