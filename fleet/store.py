@@ -1,9 +1,11 @@
 """Writes of ingested MQTT messages: one batch, one transaction, duplicates ignored.
 
-Telemetry and events are inserted with ``INSERT … ON CONFLICT (device_id, seq) DO NOTHING RETURNING id``
-(SQLite ≥ 3.35 and PostgreSQL), so a replay from a device's spool is stored once and counted as a
-duplicate. ``status`` and ``reported`` update the device registry; a device seen for the first time
-on any stream is registered.
+Telemetry and events are inserted with ``INSERT … ON CONFLICT (device_id, seq) DO NOTHING`` so a replay
+from a device's spool is stored once and counted as a duplicate: on PostgreSQL through SQLAlchemy Core
+(``RETURNING id`` counts what was new), on SQLite through the DBAPI's ``executemany`` with pre-built
+tuples in the exact formats SQLAlchemy's types use (UTC datetimes, JSON text, 0/1 booleans), because
+per-row parameter processing dominated the ingest's cost. ``status`` and ``reported`` update the device
+registry through the ORM; a device seen for the first time on any stream is registered.
 """
 
 from __future__ import annotations
