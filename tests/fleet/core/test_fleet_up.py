@@ -184,3 +184,15 @@ def test_bad_config_is_one_line(tmp_path):
     cfg.write_text("colour: blue\n")
     r = subprocess.run([*EDGEKIT, "fleet", "up", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "colour" in r.stderr
+
+
+def test_cli_against_an_unreachable_fleet_is_one_line(tmp_path):
+    env = {**os.environ, "EDGEKIT_FLEET_URL": f"http://127.0.0.1:{free_port()}", "EDGEKIT_FLEET_TOKEN": "x"}
+    r = cli("fleet", "devices", env=env)
+    assert r.returncode == 1 and "cannot reach the fleet API" in r.stderr and "Traceback" not in r.stderr
+    r = cli("fleet", "push", str(tmp_path / "missing.ekb"), env=env)
+    assert r.returncode == 1 and "does not exist" in r.stderr
+    r = cli("fleet", "devices", "--url", "ftp://fleet", env=env)
+    assert r.returncode == 1 and "http://" in r.stderr
+    r = cli("fleet", "rollout", "create", "--bundle", "tiny@1", "--waves", "10,5", env=env)
+    assert r.returncode == 1 and "strictly increase" in r.stderr
