@@ -2,6 +2,10 @@
 
 Writes ``bench/results.json`` (every benchmark's JSON) and ``bench/RESULTS.md`` (their tables, with the
 machine's CPU and core count). A benchmark that fails to run is recorded as failed; the others still run.
+
+``python -m hil.bench_all [NAME ...]`` runs all (or the named) benchmarks; ``--collect`` runs none and
+assembles the two files from each benchmark's latest recorded ``bench/NAME.json`` (each of which holds
+ratios measured within its own single run).
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ import hil
 from hil.report import BENCH_DIR, machine
 
 
-def main(only: list[str] | None = None) -> int:
+def main(only: list[str] | None = None, *, collect: bool = False) -> int:
     names = sorted(m.name for m in pkgutil.iter_modules(hil.__path__) if m.name.startswith("bench_") and m.name != "bench_all")
     if only:
         names = [n for n in names if n.removeprefix("bench_") in only]
     results, failed = {}, []
-    for name in names:
+    for name in names if collect else []:
+        recorded = BENCH_DIR / f"{name.removeprefix('bench_')}.json"
+        if recorded.exists():
+            results[name.removeprefix("bench_")] = json.loads(recorded.read_text())
+    for name in [] if collect else names:
         print(f"\n=== {name} ===", flush=True)
         try:
             res = importlib.import_module(f"hil.{name}").main()
@@ -47,4 +55,5 @@ def main(only: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or None))
+    args = sys.argv[1:]
+    sys.exit(main([a for a in args if a != "--collect"] or None, collect="--collect" in args))
