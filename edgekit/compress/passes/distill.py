@@ -135,6 +135,7 @@ def distill(art: Artifact, cfg: DistillConfig, ctx: PassContext, out_dir: Path) 
     teacher = load_module(art)
     train = ctx.data.train
     args = tuple(torch.from_numpy(np.ascontiguousarray(train.head(2).inputs[s.name])) for s in art.inputs)
+    torch.manual_seed(ctx.seed)  # the student's initial weights must not depend on what ran before
     if cfg.student:
         student = build_factory(cfg.student, dict(cfg.student_kwargs), ctx.base_dir)
         factory, kwargs, search = cfg.student, dict(cfg.student_kwargs), ctx.base_dir

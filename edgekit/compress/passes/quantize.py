@@ -206,7 +206,10 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
     exclude = list(cfg.nodes_to_exclude)
     score = attempt(exclude, "all nodes")
     trials = [{"excluded": 0, metric: score}]
-    if not within(score) and cfg.fallback and cfg.max_fallback_nodes > 0:
+    if not within(baseline_in):
+        notes.append(f"the float input already misses the quality budget ({metric} {baseline_in:.4f}); "
+                     "keeping nodes in float cannot fix that, so no fallback was tried")
+    elif not within(score) and cfg.fallback and cfg.max_fallback_nodes > 0:
         ranked = node_sensitivity(src, out, calib.head(64), names, work)
         order = [n for n, _ in ranked if n not in exclude]
         limit = min(cfg.max_fallback_nodes, len(order))
@@ -224,7 +227,7 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
         if best[1] != last:  # the file on disk holds the last trial: rebuild the best one
             score = attempt(best[1], "best fallback")
         exclude = best[1]
-    if not within(score):
+    if not within(score) and within(baseline_in):
         msg = (f"INT8 quantization misses the quality budget: {metric} {score:.4f} "
                f"(input {baseline_in:.4f}, source {ctx.baseline if ctx.baseline is not None else float('nan'):.4f}) "
                f"even with {len(exclude)} node(s) kept in float")
