@@ -96,3 +96,12 @@ def test_checkpoint_that_does_not_fit_and_bad_factory(workdir, tmp_path):
         Workspace(model=ModelSpec(factory="tiny_models:Tiny1D"), inputs=IMAGE, output_names=None,
                   data=DataSpec(source=str(workdir / "images.npz")), metric="accuracy", target="x86-avx2",
                   budget=Budget(), cache_dir=tmp_path / "c2", base_dir=workdir, quiet=True)
+
+
+def test_parity_failure_is_loud_and_leaves_no_artifact(workdir, tmp_path):
+    from edgekit.errors import ParityError
+
+    ws = _ws(workdir, tmp_path, "tiny_models:Drifting")
+    with pytest.raises(ParityError, match=r"ONNX Runtime disagrees with PyTorch on output 'logits': \d+ of \d+ values"):
+        ws.run_chain([ExportConfig(exporter="torchscript")])
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [ws.source.root.name]

@@ -185,3 +185,16 @@ class OutlierNet(nn.Module):
 
     def forward(self, x):
         return self.head(torch.flatten(self.pool(x), 1) * self.gain)
+
+
+class Drifting(nn.Module):
+    """Python-side state the tracer bakes in as a constant: ONNX Runtime then disagrees with eager."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(256, 4)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc(x.flatten(1)) * float(self.calls)
