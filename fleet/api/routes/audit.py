@@ -22,8 +22,14 @@ def list_entries(
     ctx: Ctx, _p: Reader, limit: int = Query(100, ge=1, le=5000),
     before_seq: int | None = Query(None, ge=1, description="page: entries older than this seq"),
     action: str | None = Query(None, description="only this action prefix, e.g. rollout."),
+    target: str | None = Query(None, description="only this target prefix, e.g. device:cam-1"),
+    actor: str | None = Query(None, description="only this actor prefix, e.g. token:ci"),
 ) -> dict[str, Any]:
     q = select(AuditEntry)
+    if target:
+        q = q.where(AuditEntry.target.startswith(target, autoescape=True))
+    if actor:
+        q = q.where(AuditEntry.actor.startswith(actor, autoescape=True))
     if before_seq is not None:
         q = q.where(AuditEntry.seq < before_seq)
     if action:

@@ -25,6 +25,13 @@ def test_list_paging_and_filter(client, admin_h, read_h):
     assert [e["seq"] for e in older["entries"]] == [1]
     assert older["entries"][0]["details"]["name"] == "a"
     assert client.get("/api/v1/audit", params={"action": "rollout."}, headers=read_h).json()["count"] == 0
+    by_target = client.get("/api/v1/audit", params={"target": "token:"}, headers=read_h).json()
+    assert by_target["count"] == 3
+    by_actor = client.get("/api/v1/audit", params={"actor": "token:test-admin"}, headers=read_h).json()
+    assert by_actor["count"] == 3
+    assert client.get("/api/v1/audit", params={"actor": "token:nobody"}, headers=read_h).json()["count"] == 0
+    # LIKE wildcards in a filter are literal characters, not patterns
+    assert client.get("/api/v1/audit", params={"target": "%"}, headers=read_h).json()["count"] == 0
     assert client.get("/api/v1/audit", params={"limit": 0}, headers=read_h).status_code == 422
 
 
