@@ -218,8 +218,9 @@
     const win = WINDOWS[params.get("window")] ? params.get("window") : "1h";
     const since = new Date(Date.now() - WINDOWS[win] * 1000).toISOString();
     const tq = new URLSearchParams({ since, bucket_s: String(WINDOWS[win] / 240), limit: "500" });
-    const [d, tel, ev] = await Promise.all([api(`/api/v1/devices/${enc}`), api(`/api/v1/telemetry/${enc}?${tq}`),
-      api(`/api/v1/telemetry/${enc}/events?limit=50`)]);
+    const aq = new URLSearchParams({ target: `device:${id}`, limit: "20" });
+    const [d, tel, ev, changes] = await Promise.all([api(`/api/v1/devices/${enc}`), api(`/api/v1/telemetry/${enc}?${tq}`),
+      api(`/api/v1/telemetry/${enc}/events?limit=50`), api(`/api/v1/audit?${aq}`)]);
     const windowPicker = h("div", { class: "actions", id: "window-picker" }, "window: ",
       Object.keys(WINDOWS).map((w) => w === win ? h("strong", {}, w)
         : link(`#/device/${enc}?window=${w}`, w, { "data-window": w })));
@@ -265,6 +266,12 @@
         { title: "kind", cell: (e) => e.kind }, { title: "message", cell: (e) => e.message },
         { title: "rollout", cell: (e) => e.rollout_id || "—" },
       ], ev.events, { id: "events-table", empty: "no events" }),
+      h("h3", {}, "Changes made by operators"),
+      table([
+        { title: "time", cell: (e) => ago(e.ts) }, { title: "actor", cell: (e) => e.actor },
+        { title: "action", cell: (e) => e.action },
+        { title: "details", cell: (e) => h("code", { class: "details" }, JSON.stringify(e.details)) },
+      ], changes.entries, { id: "device-audit", empty: "no changes recorded" }),
     ];
   }
 

@@ -188,6 +188,7 @@ def test_dashboard_in_chromium(served, fleet_ctx, feed, tokens, tiny_bundle, bun
         b.type(b.wait("#tag-form input[name=group]"), "eu")
         b.click(b.wait("#tag-form button"))
         assert "canary" in b.text(b.wait("#device-info", contains="canary"))
+        assert "token:test-admin" in b.text(b.wait("#device-audit", contains="device.update"))
         with fleet_ctx.database.session() as s:
             dev = s.get(Device, "cam-1")
             assert (dev.tags, dev.group) == (["line-3", "canary"], "eu")
