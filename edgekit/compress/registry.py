@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from edgekit.errors import CompressError
+from edgekit.errors import CompressError, EdgekitError
 
 if TYPE_CHECKING:
     from edgekit.compress.artifact import Artifact
@@ -101,4 +101,11 @@ def run_pass(artifact: Artifact, config: PassConfig, ctx: PassContext, out_dir: 
             + (" (ONNX input: only ONNX-level passes apply)" if artifact.kind == "onnx" else
                " (add an 'export' pass before it)")
         )
-    return fn(artifact, config, ctx, out_dir)
+    try:
+        return fn(artifact, config, ctx, out_dir)
+    except EdgekitError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError, OSError) as exc:
+        # torch / onnx / onnxruntime / user model code: one clear line instead of a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:400]
+        raise CompressError(f"pass {config.pass_name!r} failed: {type(exc).__name__}: {first}") from exc

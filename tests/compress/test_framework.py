@@ -84,6 +84,16 @@ def test_registry_dispatches_on_config_type(tmp_path):
     assert run_pass(art, EchoConfig(factor=3), None, tmp_path).params == {"factor": 3}
     with pytest.raises(CompressError, match="unknown pass 'nope'"):
         config_type("nope")
+
+    class BoomConfig(PassConfig):
+        pass_name = "boom-test"
+
+    @register_pass(BoomConfig)
+    def boom(art, cfg, ctx, out_dir):
+        raise RuntimeError("shape mismatch in user code\nlong traceback text")
+
+    with pytest.raises(CompressError, match=r"^pass 'boom-test' failed: RuntimeError: shape mismatch in user code$"):
+        run_pass(art, BoomConfig(), None, tmp_path)
     with pytest.raises(Exception, match="frozen"):
         EchoConfig().factor = 5  # configs are immutable
 
