@@ -16,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 #: snapshot-summary property holding the largest source-row id an append carried
 HIGH_WATER = "edgekit.high-water-id"
+_EXPIRE_EVERY_S = 3600.0
 
 
 def _f(i: int, name: str, typ: Any, required: bool = False) -> NestedField:
@@ -172,6 +174,7 @@ class IcebergSync:
         self.sleep: Callable[[float], None] = time.sleep
         #: per table: (largest id seen, when) observations not yet settled, oldest first
         self._seen: dict[str, list[tuple[int, float]]] = {}
+        self._last_expiry: dict[str, float] = {}
 
     @property
     def settle_s(self) -> float:
@@ -231,7 +234,25 @@ class IcebergSync:
             rows[spec.name], rec = self._sync_table(spec, caps[spec.name])
             if rec is not None:
                 recovered[spec.name] = rec
+            if rows[spec.name]:
+                self._expire_snapshots(spec)
         return SyncResult(rows, recovered)
+
+    def _expire_snapshots(self, spec: _TableSpec) -> None:
+        """Expire snapshots older than ``expire_snapshots_after_s`` (at most hourly per table). The
+        current snapshot always stays, and it carries the largest high-water id, so recovery still
+        works. Housekeeping: a failure is logged, never raised."""
+        keep = self.settings.expire_snapshots_after_s
+        now = self.clock()
+        if keep is None or now - self._last_expiry.get(spec.name, -math.inf) < _EXPIRE_EVERY_S:
+            return
+        self._last_expiry[spec.name] = now
+        try:
+            table = self.table(spec)
+            cutoff = datetime.now(timezone.utc) - timedelta(seconds=keep)
+            table.maintenance.expire_snapshots().older_than(cutoff).commit()
+        except Exception as exc:  # housekeeping must never stop the sync (another replica may race it)
+            log.warning("analytics: expiring old snapshots of %s failed: %s", spec.name, exc)
 
     def _settled_caps(self, *, wait: bool) -> dict[str, int]:
         """Per table, the largest id it is safe to sync now (see :meth:`sync`)."""

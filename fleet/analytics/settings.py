@@ -40,6 +40,8 @@ class AnalyticsSettings(BaseSettings):
     #: transaction holding a lower id cannot commit behind the watermark (PostgreSQL allocates ids
     #: before commit); must exceed the longest ingest transaction. Default: 0 on SQLite, 5 s elsewhere
     settle_s: float | None = Field(default=None, ge=0, le=3600)
+    #: snapshots (one per batch) older than this are expired, at most hourly; ``None`` keeps them all
+    expire_snapshots_after_s: float | None = Field(default=7 * 86_400, ge=0)
 
     def catalog_properties(self, data_dir: Path) -> dict[str, str]:
         """The catalog properties, with the embedded defaults filled in under ``data_dir/analytics``."""

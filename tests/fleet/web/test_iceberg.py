@@ -239,3 +239,16 @@ def test_a_new_destination_starts_from_the_first_row(web_db, tmp_path):
     assert second.watermark_key("telemetry") != first.watermark_key("telemetry")
     assert second.sync().rows["telemetry"] == 5
     assert first.sync().total == 0 and second.sync().total == 0
+
+
+def test_old_snapshots_expire_and_sync_goes_on(web_db, tmp_path):
+    ingest(web_db, "cam-1", range(30))
+    syncer = IcebergSync(web_db, settings(batch_size=10, expire_snapshots_after_s=0), tmp_path)
+    assert syncer.sync().rows["telemetry"] == 30  # three batches, three snapshots...
+    table = load_catalog("edgekit", **settings().catalog_properties(tmp_path)).load_table("edgekit.telemetry")
+    assert len(table.metadata.snapshots) == 1  # ...of which only the current one is kept
+    assert int(table.current_snapshot().summary.additional_properties[HIGH_WATER]) == syncer.watermark("telemetry")
+    ingest(web_db, "cam-1", range(30, 35))
+    fresh = IcebergSync(web_db, settings(expire_snapshots_after_s=0), tmp_path)  # a restart
+    assert fresh.sync().rows["telemetry"] == 5
+    assert sorted(read_back(tmp_path)["seq"].to_pylist()) == list(range(35))
