@@ -101,3 +101,18 @@ def test_bad_cli_options_exit_1_with_a_clear_line(workdir, tmp_path, capsys):
     assert "a PyTorch model needs its inputs described" in capsys.readouterr().err
     assert _cli(["compress", "--out", str(tmp_path / "o")]) == 1
     assert "give --recipe, or --model and --data" in capsys.readouterr().err
+
+
+def test_budget_mode_without_a_student_derives_one_by_pruning(workdir, tmp_path):
+    out = tmp_path / "derived"
+    code = _cli(["compress", "--model", "tiny_models:TinyResNet", "--checkpoint", str(workdir / "res.pt"),
+                 "--input", "image:float32:batch,1,16,16", "--data", str(workdir / "images.npz"),
+                 "--prune-ratios", "0.5", "--epochs", "1", "--quiet", "--bench-iterations", "5",
+                 "--max-accuracy-drop", "100", "--max-size-mb", "10", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    ids = {c["id"] for c in report["candidates"]}
+    assert {"pruned-50-fp32", "pruned-50-int8"} <= ids
+    derived = next(r for r in report["rows"] if r["id"] == "pruned-50/1:distill")
+    assert derived["metrics"]["params"] < 0.5 * report["rows"][0]["metrics"]["params"]
+    assert derived["passes"][0]["params"]["derive_ratio"] == 0.5
