@@ -12,6 +12,9 @@
   ``ingest_session_expiry_s`` (1 h by default), so the broker queues telemetry and events for it during
   a restart. A replica removed for good should be given that long to be forgotten: brokers keep
   offering it its share of the shared subscription until its session expires.
+- **Acknowledged once committed**: on that persistent session a message is PUBACKed only after its batch
+  is committed (or rejected as invalid); anything received but not yet written when the process dies is
+  redelivered by the broker and de-duplicated. (On MQTT 3.1.1 brokers the client acknowledges on receipt.)
 - **Never fatal**: a bad topic or payload is counted (``invalid``) and logged; a database error keeps the
   batch and retries it, so nothing acknowledged is dropped while the process lives. ``stop()`` drains
   the queue before returning.
@@ -124,17 +127,30 @@ class Ingest:
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
         self._logged_invalid = 0
+        self._epoch = 0
+        #: acknowledge messages only once they are committed (persistent MQTT 5 sessions)
+        self._manual_ack = bool(settings.mqtt_v5 and settings.ingest_session_expiry_s)
 
     # -- MQTT side (network thread) -----------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("ingest: broker refused the connection: %s", reason_code)
             return
+        self._epoch += 1  # acknowledgements of messages from an earlier connection are not sent
         client.subscribe(subscriptions(self.settings.shared_group))
 
     def _on_message(self, client, userdata, message) -> None:
-        self._queue.put((message.topic, message.payload, time.time()))
+        self._queue.put((message.topic, message.payload, time.time(), message.mid, message.qos, self._epoch))
         self.stats.received += 1
+
+    def _ack(self, raw: list[tuple]) -> None:
+        """PUBACK what was just committed (or rejected); the broker redelivers anything not acked."""
+        client = self._client
+        if not self._manual_ack or client is None:
+            return
+        for _topic, _payload, _received, mid, qos, epoch in raw:
+            if qos and epoch == self._epoch:
+                client.ack(mid, qos)
 
     # -- writer thread ------------------------------------------------------------------------
     def _invalid(self, topic: str, exc: Exception) -> None:
@@ -188,7 +204,7 @@ class Ingest:
                 except queue.Empty:
                     break
             batch = []
-            for topic, payload, received in raw:
+            for topic, payload, received, *_ in raw:
                 try:
                     msg = decode_message(topic, payload, received)
                 except WireError as exc:
@@ -200,6 +216,7 @@ class Ingest:
                 batch.append(msg)
             if batch:
                 self._write(batch)
+            self._ack(raw)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Ingest:
@@ -208,18 +225,19 @@ class Ingest:
         self._writer = threading.Thread(target=self._run, name="fleet-ingest-writer", daemon=True)
         self._writer.start()
         expiry, v5 = self.settings.ingest_session_expiry_s, self.settings.mqtt_v5
-        client = new_client(self.settings, "ingest", v5=v5, clean_session=not expiry,
+        client = new_client(self.settings, "ingest", v5=v5, clean_session=not expiry, manual_ack=self._manual_ack,
                             client_id=f"edgekit-fleet-ingest-{self.settings.replica_id}" if expiry else None)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        self._client = client  # before connecting: the writer acknowledges through it from the first batch
         try:
             connect_client(client, self.settings, session_expiry_s=(expiry or None) if v5 else None)
         except FleetError:
+            self._client = None
             self._queue.put(_STOP)
             self._writer.join()
             self._writer = None
             raise
-        self._client = client
         return self
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -32,7 +32,7 @@ class DesiredPublisher(Protocol):
 
 
 def new_client(settings: FleetSettings, role: str, *, client_id: str | None = None, v5: bool = False,
-               clean_session: bool = True) -> mqtt.Client:
+               clean_session: bool = True, manual_ack: bool = False) -> mqtt.Client:
     """A paho v2 client (MQTT 3.1.1, or 5 with ``v5``) with the configured credentials.
 
     Without ``client_id`` the id is unique (``edgekit-fleet-{role}-xxxx``). ``clean_session`` applies to
@@ -41,13 +41,14 @@ def new_client(settings: FleetSettings, role: str, *, client_id: str | None = No
     if v5:
         client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                              client_id=client_id or f"edgekit-fleet-{role}-{uuid.uuid4().hex[:8]}",
-                             protocol=mqtt.MQTTv5)
+                             protocol=mqtt.MQTTv5, manual_ack=manual_ack)
     else:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or f"edgekit-fleet-{role}-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv311,
             clean_session=clean_session,
+            manual_ack=manual_ack,
         )
     if settings.broker_username:
         client.username_pw_set(settings.broker_username, settings.broker_password)
@@ -80,6 +81,7 @@ def connect_client(client: mqtt.Client, settings: FleetSettings, *, timeout: flo
 
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = int(session_expiry_s)
+        props.ReceiveMaximum = 65535  # QoS 1 messages in flight to us: room for batches acked after commit
         kwargs = {"clean_start": False, "properties": props}
     try:
         client.connect(host, port, keepalive=30, **kwargs)

@@ -164,8 +164,10 @@ def round_both(port: int, messages: int, workdir: Path) -> dict[str, Any]:
 
     data = workdir / f"both-{time.time_ns()}"
     data.mkdir(parents=True)
-    # each round is a fresh replica: no session left behind to take a share of the next round's stream
-    settings = load_settings(data_dir=data, broker_url=f"mqtt://127.0.0.1:{port}", ingest_session_expiry_s=0)
+    # the production ingest (persistent MQTT 5 session, acknowledged after commit), as a fresh replica
+    # whose session expires a second after the round, so it takes no share of the next round's stream
+    settings = load_settings(data_dir=data, broker_url=f"mqtt://127.0.0.1:{port}", ingest_session_expiry_s=1,
+                             replica_id=f"bench-{time.time_ns()}")
     db = Database(settings.database)
     upgrade(db)
     ing = Ingest(settings, db).start()
@@ -184,6 +186,7 @@ def round_both(port: int, messages: int, workdir: Path) -> dict[str, Any]:
     p = _publisher_result(pub)
     bare.close()
     ing.stop()
+    time.sleep(1.5)  # its session expires
     rows, distinct = _count_rows(db)
     db.dispose()
     shutil.rmtree(data, ignore_errors=True)
@@ -213,8 +216,10 @@ def round_ingest(port: int, messages: int, workdir: Path) -> dict[str, Any]:
 
     data = workdir / f"ingest-{time.time_ns()}"
     data.mkdir(parents=True)
-    # each round is a fresh replica: no session left behind to take a share of the next round's stream
-    settings = load_settings(data_dir=data, broker_url=f"mqtt://127.0.0.1:{port}", ingest_session_expiry_s=0)
+    # the production ingest (persistent MQTT 5 session, acknowledged after commit), as a fresh replica
+    # whose session expires a second after the round, so it takes no share of the next round's stream
+    settings = load_settings(data_dir=data, broker_url=f"mqtt://127.0.0.1:{port}", ingest_session_expiry_s=1,
+                             replica_id=f"bench-{time.time_ns()}")
     db = Database(settings.database)
     upgrade(db)
     ing = Ingest(settings, db).start()
@@ -229,6 +234,7 @@ def round_ingest(port: int, messages: int, workdir: Path) -> dict[str, Any]:
     finished = time.time()
     p = _publisher_result(pub)
     ing.stop()
+    time.sleep(1.5)  # its session expires
     rows, distinct = _count_rows(db)
     db.dispose()
     shutil.rmtree(data, ignore_errors=True)

@@ -271,3 +271,39 @@ def test_stored_rows_read_back_exactly(db):
         ev = s.scalar(select(Event))
         assert (ev.kind, ev.level, ev.message, ev.rollout_id, ev.data, ev.replayed) == (
             "ota.failed", "error", "boom", "r-1", {"step": "loading", "n": 2}, False)
+
+
+def test_messages_received_but_not_committed_are_redelivered_after_a_crash(mosquitto, settings, db, monkeypatch):
+    """At-least-once end to end: a message is acknowledged to the broker only after its batch is committed."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    import fleet.ingest as ingest_mod
+
+    real = ingest_mod.store_batch
+    broken: set[threading.Thread] = set()
+
+    def store(session, batch):
+        if threading.current_thread() in broken:
+            raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+        return real(session, batch)
+
+    monkeypatch.setattr(ingest_mod, "store_batch", store)
+    first = Ingest(settings, db).start()
+    broken.add(first._writer)  # this process's database writes fail...
+    c = publisher(mosquitto)
+    for seq in range(1, 6):
+        c.publish(wire.topic("cam-6", "telemetry"), wire.encode(wire.Telemetry(device_id="cam-6", seq=seq)),
+                  qos=1).wait_for_publish(5)
+    assert wait_for(lambda: first.stats.received >= 5 and first.stats.db_errors >= 1)
+    first.stop(timeout=0.5)  # ...and then it dies with the batch unwritten (its writer never succeeds)
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Telemetry)) == 0
+    with Ingest(settings, db) as second:  # the next start gets the unacknowledged messages again
+        assert wait_for(lambda: second.stats.received >= 5), second.stats.snapshot()
+        assert second.wait_idle()
+    c.loop_stop()
+    c.disconnect()
+    with db.session() as s:
+        assert sorted(s.scalars(select(Telemetry.seq))) == [1, 2, 3, 4, 5]
