@@ -95,9 +95,12 @@ def compress(
 
     console = Console(stderr=True)
     with _term_as_interrupt():
-        result = _run(recipe, model, checkpoint, inputs, outputs, data, metric, target, max_accuracy_drop,
-                      min_fidelity, latency_ms, max_size_mb, student, widths, prune_ratios, epochs, name, version,
-                      out, key, cache_dir, val_fraction, bench_iterations, quiet, console)
+        try:
+            result = _run(recipe, model, checkpoint, inputs, outputs, data, metric, target, max_accuracy_drop,
+                          min_fidelity, latency_ms, max_size_mb, student, widths, prune_ratios, epochs, name,
+                          version, out, key, cache_dir, val_fraction, bench_iterations, quiet, console)
+        except OSError as exc:  # an unwritable --out, a full disk, a vanished file
+            raise ConfigError(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from exc
     _summary(result, console)
 
 

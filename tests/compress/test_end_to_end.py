@@ -116,3 +116,11 @@ def test_budget_mode_without_a_student_derives_one_by_pruning(workdir, tmp_path)
     derived = next(r for r in report["rows"] if r["id"] == "pruned-50/1:distill")
     assert derived["metrics"]["params"] < 0.5 * report["rows"][0]["metrics"]["params"]
     assert derived["passes"][0]["params"]["derive_ratio"] == 0.5
+
+
+def test_unwritable_output_folder_is_a_clear_error(res_recipe, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert _cli(["compress", "--recipe", str(res_recipe), "--out", str(blocker / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err and str(blocker) in err
