@@ -108,6 +108,7 @@ def simulate_cmd(
     key: list[Path] | None = typer.Option(None, "--key", help="Trusted public key for downloaded bundles (repeatable)."),
     prefix: str = typer.Option("sim", "--prefix", help="Device ids are PREFIX-00000 …"),
     download: str = typer.Option("fetch", "--download", help="fetch (download + verify each bundle once) | simulate"),
+    header: list[str] | None = typer.Option(None, "--header", help="'Name: value' HTTP header for bundle downloads (repeatable)."),
     profile: str | None = typer.Option(None, "--profile", help="Profile the devices announce in their birth message."),
     max_spool: int = typer.Option(10_000, "--max-spool", min=1, help="Messages each device keeps while offline."),
     as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
@@ -121,10 +122,16 @@ def simulate_cmd(
 
     if download not in ("fetch", "simulate"):
         raise ConfigError(f"--download {download!r}: use fetch or simulate")
+    headers: dict[str, str] = {}
+    for h in header or []:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise ConfigError(f"--header {h!r}: use 'Name: value'")
+        headers[name.strip()] = value.strip()
     try:
         cfg = SimConfig(broker_url=broker, devices=devices, prefix=prefix, telemetry_interval_s=telemetry_interval,
                         fleet_url=fleet_url, trusted_keys=key or [], download=download, profile=profile,
-                        max_spool=max_spool)
+                        max_spool=max_spool, download_headers=headers)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from exc

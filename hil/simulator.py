@@ -67,6 +67,8 @@ class SimConfig(BaseModel):
     trusted_keys: list[Path] = Field(default_factory=list)
     #: fetch and verify each announced bundle over HTTP (once for the fleet), or trust the announcement
     download: Literal["fetch", "simulate"] = "fetch"
+    #: HTTP headers for bundle downloads (e.g. ``Authorization: Bearer …`` when the fleet's downloads need a token)
+    download_headers: dict[str, str] = Field(default_factory=dict)
     max_spool: int = Field(default=10_000, ge=1)
     max_inflight: int = Field(default=20, ge=1, le=65_535)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
@@ -121,8 +123,9 @@ class SimReport(BaseModel):
 class HttpBundleSource:
     """Downloads each announced bundle once (shared by every device) and verifies it like the agent does."""
 
-    def __init__(self, trusted_keys: list[Path], *, timeout_s: float = 60.0):
+    def __init__(self, trusted_keys: list[Path], *, timeout_s: float = 60.0, headers: dict[str, str] | None = None):
         self.trusted = load_public_keys(trusted_keys) if trusted_keys else None
+        self.headers = dict(headers or {})
         self.timeout_s = timeout_s
         self._cache: dict[str, asyncio.Future[ModelRef]] = {}
         self.fetches = 0
@@ -148,9 +151,9 @@ class HttpBundleSource:
             path = Path(tmp) / "bundle.ekb"
             h, size = hashlib.sha256(), 0
             try:
-                async with httpx.AsyncClient(timeout=self.timeout_s) as client, \
+                async with httpx.AsyncClient(timeout=self.timeout_s, headers=self.headers) as client, \
                         client.stream("GET", d.bundle.url) as resp:
-                    if resp.status_code != 200:
+                    if resp.status_code != 200:  # any status is worth a retry, as in the agent
                         raise TransientDownloadError(f"download of {d.bundle.url} answered HTTP {resp.status_code}")
                     with open(path, "wb") as fh:
                         async for chunk in resp.aiter_bytes():
@@ -178,7 +181,8 @@ class Simulator:
         self.script = script or SimScript()
         self.devices: list[SimDevice] = []
         self.loops: LoopedClients | None = None
-        self.source = HttpBundleSource(cfg.trusted_keys) if cfg.download == "fetch" else None
+        self.source = (HttpBundleSource(cfg.trusted_keys, headers=cfg.download_headers)
+                       if cfg.download == "fetch" else None)
         self._started = 0.0
 
     def _build(self) -> None:

@@ -164,6 +164,44 @@ def test_transient_download_failure_is_retried_not_blacklisted(mosquitto, bundle
     assert fine.model == ModelRef(name="tiny", version="1.0.0")
 
 
+def test_download_headers_reach_the_bundle_server(mosquitto, tiny_bundle, signing_keys, tmp_path):
+    """A fleet with private downloads wants a token: devices given --header get the bundle, others retry."""
+    data = tiny_bundle.read_bytes()
+    seen: list[str | None] = []
+
+    class Guarded(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            if self.headers.get("Authorization") != "Bearer sekret":
+                self.send_error(401)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Guarded)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/tiny.ekb"
+    _, _, keydir = signing_keys
+    script = SimScript.model_validate({"ota": {"step_s": 0, "soak_s": 0, "retry_min_s": 30}})
+    try:
+        for headers, expected in (({}, "failed"), ({"Authorization": "Bearer sekret"}, "installed")):
+            sim = _sim(mosquitto, 1, script, trusted_keys=[keydir / "signing.pub"], download_headers=headers,
+                       prefix=f"h{len(headers)}").start()
+            dev = f"h{len(headers)}-00000"
+            assert sim.wait_for(lambda s: s.report().connected == 1, timeout=20)
+            _publish(mosquitto, [(topic(dev, "desired"), _desired(dev, url, tiny_bundle))])
+            assert sim.wait_for(lambda s, e=expected: s.devices[0].ota.state == e, timeout=20)
+            sim.stop()
+    finally:
+        httpd.shutdown()
+    assert seen == [None, "Bearer sekret"]
+
+
 def test_scripted_latency_and_errors_show_in_telemetry(mosquitto):
     script = SimScript.model_validate({
         "initial_model": {"name": "m", "version": "1"},
@@ -214,7 +252,8 @@ def test_bad_scripts_are_config_errors(tmp_path, text, suffix, message):
     [(["--broker", "http://x"], "mqtt://host:port"), (["--broker", "mqtt://h:1", "--prefix", "a/b"], "prefix"),
      (["--broker", "mqtt://h:1", "--download", "maybe"], "--download"),
      (["--broker", "mqtt://h:1", "--script", "/nonexistent.yaml"], "cannot read"),
-     (["--broker", "mqtt://127.0.0.1:1"], "cannot reach the MQTT broker")],
+     (["--broker", "mqtt://127.0.0.1:1"], "cannot reach the MQTT broker"),
+     (["--broker", "mqtt://h:1", "--header", "no-colon"], "Name: value")],
 )
 def test_simulate_cli_rejects_bad_input(argv, message, capsys):
     with pytest.raises(SystemExit) as ei:
