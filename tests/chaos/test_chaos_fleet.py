@@ -116,14 +116,10 @@ def test_fleet_killed_mid_rollout_rollout_completes(rollout_under_fire, chaos_re
     assert missing == {} and run["agent_evicted"] == 0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "fleet/ingest.py: paho acknowledges a QoS 1 message when on_message returns, but the ingest only queues it "
-    "in memory and writes it to the database in a later batch, so a SIGKILL loses what was acknowledged and "
-    "not yet written (measured with fleet/ingest.py of 310d2e5: 1-2 seqs on about half the devices per kill). The fix "
-    "(manual acks after the batch commits) is in progress in fleet/ingest.py and passes this test from the "
-    "working tree; remove this marker once it is committed."))
 def test_fleet_db_has_every_seq_after_fleet_kill(rollout_under_fire, chaos_record):
-    """What the devices published while the fleet manager was down must reach its database after it restarts."""
+    """What the devices published while the fleet manager was down, and what it had received but not yet
+    written when it was killed, must reach its database after it restarts (persistent ingest session, PUBACK
+    only after the batch commits: b9cef28)."""
     run = rollout_under_fire
     got = run["fleet_seqs"]
     held = {"agent-0": run["held"]}  # still in the agent's durable spool: not lost, not yet sent
