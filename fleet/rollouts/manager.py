@@ -51,6 +51,8 @@ __all__ = ["ACTIVE_STATES", "FINAL_STATES", "RolloutManager", "RolloutStatus", "
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("running", "paused")
+#: how many of the most recent completed rollouts keep adopting new devices and tracking stragglers
+COMPLETED_TRACKED = 20
 FINAL_STATES = ("completed", "halted", "aborted")
 #: events (with this rollout's id) that mean an install failed on the device
 _FAILURE_EVENTS = ("ota.failed", "ota.rollback", "ota.rolled_back", "ota.skipped", "desired.rejected",
@@ -251,8 +253,12 @@ class RolloutManager:
         with self._lock:
             self._refs.clear()
             with self.database.session() as s:
-                ids = list(s.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE_STATES + ("completed",)))
-                                     .order_by(Rollout.created_at.desc())))
+                rows = list(s.execute(select(Rollout.id, Rollout.created_at)
+                                      .where(Rollout.state.in_(ACTIVE_STATES))))
+                # completed rollouts still bring late joiners and stragglers along: the recent ones
+                rows += list(s.execute(select(Rollout.id, Rollout.created_at).where(Rollout.state == "completed")
+                                       .order_by(Rollout.created_at.desc()).limit(COMPLETED_TRACKED)))
+                ids = [rid for rid, _ in sorted(rows, key=lambda r: r[1], reverse=True)]  # newest first
             for rid in ids:
                 try:
                     with self.database.session() as s:
