@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,8 +231,6 @@ def write_bundle(ws: Workspace, stage: Stage, *, info: BundleInfo, out_dir: Path
     }
     out = out_dir / f"{info.name}-{info.version}.ekb"
     final = create_bundle(out, manifest, {"model.onnx": art.onnx_path, "golden.npz": golden.to_npz_bytes()}, key)
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="edgekit-verify-") as tmp:
         verify_bundle(out, [key.public], Path(tmp) / "b")
     return out, final
