@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from edgekit.errors import FleetError, RolloutError
@@ -166,12 +166,14 @@ class RolloutManager:
             s.add(rollout)
             # A stable pseudo-random order, so wave 1 is not always the alphabetically first devices.
             devices.sort(key=lambda d: hashlib.sha256(f"{rid}/{d.id}".encode()).digest())
-            start = 0
+            start, members = 0, []
             for i, (pct, size) in enumerate(zip(spec.waves, wave_sizes(len(devices), spec.waves), strict=True)):
                 s.add(RolloutWave(rollout_id=rid, index=i, percent=pct, state="pending"))
-                for d in devices[start:start + size]:
-                    s.add(self._member(rid, d, i))
+                members += [self._member_row(rid, d, i) for d in devices[start:start + size]]
                 start += size
+            s.flush()
+            for part in chunked(members, 5000):  # one executemany per chunk, not one ORM object per device
+                s.execute(insert(RolloutDevice), part)
         log.info("rollout %s created: %s@%s to %d device(s), waves %s", rid, name, version, len(devices), spec.waves)
         return self.status(rid)
 
@@ -389,12 +391,16 @@ class RolloutManager:
         wave.state, wave.finished_at = wave_state, now
 
     # -- members --------------------------------------------------------------------------------
+    @staticmethod
+    def _member_row(rid: str, d: Device, wave: int) -> dict[str, Any]:
+        return {
+            "rollout_id": rid, "device_id": d.id, "wave": wave, "state": "pending",
+            "previous_name": d.active_name or d.desired_name,
+            "previous_version": d.active_version or d.desired_version, "previous_desired": d.desired,
+        }
+
     def _member(self, rid: str, d: Device, wave: int) -> RolloutDevice:
-        return RolloutDevice(
-            rollout_id=rid, device_id=d.id, wave=wave, state="pending",
-            previous_name=d.active_name or d.desired_name, previous_version=d.active_version or d.desired_version,
-            previous_desired=d.desired,
-        )
+        return RolloutDevice(**self._member_row(rid, d, wave))
 
     def _adopt_new_devices(self, s: Session, r: Rollout, now: datetime) -> None:
         """Devices that first appeared after the rollout was created and match its selector join it."""
