@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,10 @@ def test_selector_canonical_text():
     assert str(parse_selector("*")) == "all"
 
 
+
+
+def test_the_example_config_is_valid():
+    example = Path(__file__).resolve().parents[3] / "fleet" / "fleet.example.yaml"
+    s = load_settings(example)
+    assert s.database.startswith("postgresql+psycopg://") and s.artifact_store == "s3://edgekit-bundles/prod"
+    assert s.broker_address == ("mqtt.example.com", 1883) and s.replica_id == "fleet-a"
