@@ -65,7 +65,13 @@ def test_cache_hit_and_interrupted_build_leaves_no_entry(tmp_path):
     assert cache.get(key) is None and not (tmp_path / "cache" / key).exists()
 
 
-def test_registry_dispatches_on_config_type(tmp_path):
+def test_registry_dispatches_on_config_type(tmp_path, monkeypatch):
+    from edgekit.compress import registry
+
+    registry.pass_names()  # load the built-ins, then register the test passes on private copies
+    monkeypatch.setattr(registry, "_PASSES", dict(registry._PASSES))
+    monkeypatch.setattr(registry, "_BY_NAME", dict(registry._BY_NAME))
+
     class EchoConfig(PassConfig):
         pass_name = "echo-test"
         consumes = "onnx"
