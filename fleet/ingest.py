@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import paho.mqtt.client as mqtt
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from edgekit import wire
 from edgekit.errors import FleetError, WireError
@@ -161,18 +162,29 @@ class Ingest:
             self._logged_invalid += 1
 
     def _write(self, batch: list[Message]) -> None:
+        """Write a batch; retry while the database is unreachable, isolate a message it refuses."""
         delay = 0.5
         while True:
             try:
                 with self.database.session() as s:
                     res = store_batch(s, batch)
                 break
-            except Exception as exc:  # noqa: BLE001 - the DB may be briefly unavailable: keep the batch, retry
+            except (OperationalError, InterfaceError) as exc:  # unreachable / locked: keep the batch, retry
                 self.stats.db_errors += 1
                 self.stats.last_error = f"database: {exc}"
                 log.error("ingest: writing %d messages failed, retrying in %.1fs: %s", len(batch), delay, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+            except Exception as exc:  # noqa: BLE001 - the database refuses some row: find it, keep the rest
+                self.stats.db_errors += 1
+                if len(batch) == 1:
+                    self._invalid(f"{wire.topic(batch[0].device_id, batch[0].kind)}", exc)  # type: ignore[arg-type]
+                    return
+                log.warning("ingest: the database refused a batch (%s); writing its %d messages one by one",
+                            exc, len(batch))
+                for m in batch:
+                    self._write([m])
+                return
         self.stats.batches += 1
         self.stats.duplicates += res.duplicates
         self.stats.stored += len(batch) - res.duplicates
@@ -209,6 +221,9 @@ class Ingest:
                     msg = decode_message(topic, payload, received)
                 except WireError as exc:
                     self._invalid(topic, exc)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - no payload may stop the writer thread
+                    self._invalid(topic, WireError(f"unreadable payload: {type(exc).__name__}: {exc}"))
                     continue
                 if msg is None:
                     self.stats.ignored += 1

@@ -90,3 +90,24 @@ def test_ingest_and_rollout_on_postgres(pg, mosquitto, tmp_path, signing_keys, b
     final = manager.status(st.id)
     assert final.state == "completed", final
     assert {d.bundle.version for d in published.values()} == {"2.0.0"} and len(published) == 2
+
+
+def test_a_row_postgres_refuses_is_isolated_not_retried_forever(pg, mosquitto, tmp_path):
+    settings = load_settings(data_dir=tmp_path, broker_url=mosquitto.url, ingest_flush_s=0.3)
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="sim-poison")
+    c.connect(mosquitto.host, mosquitto.port)
+    c.loop_start()
+    with Ingest(settings, pg) as ing:
+        for seq in (1, 2, 3):
+            name = "x" * 300 if seq == 2 else "tiny"  # longer than the model_name column allows
+            c.publish(wire.topic("pg-9", "telemetry"), wire.encode(wire.Telemetry(
+                device_id="pg-9", seq=seq, model=wire.ModelRef(name=name, version="1"))), qos=1)
+        deadline = time.monotonic() + 10
+        while ing.stats.received < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ing.wait_idle(20), ing.stats.snapshot()
+        assert ing.stats.invalid == 1 and ing.stats.stored == 2, ing.stats.snapshot()
+    c.loop_stop()
+    c.disconnect()
+    with pg.session() as s:
+        assert sorted(s.scalars(select(Telemetry.seq))) == [1, 3]
