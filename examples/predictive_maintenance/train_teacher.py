@@ -146,7 +146,8 @@ def load_teacher(out: Path):
 
 def render_recipe(text: str, *, width: int, quick: bool = False) -> str:
     """A recipe template for this teacher: its width; ``quick`` shortens distillation and timing (tests)."""
-    text = re.sub(r"kwargs: \{width: \d+\}", f"kwargs: {{width: {width}}}", text)
+    # the teacher's kwargs line only (``^  kwargs:``), not the student's ``student_kwargs``
+    text = re.sub(r"^(\s+)kwargs: \{width: \d+\}", rf"\g<1>kwargs: {{width: {width}}}", text, flags=re.M)
     if quick:
         text = re.sub(r"(student_kwargs: \{width: )\d+", r"\g<1>8", text)
         text = re.sub(r"epochs: \d+", "epochs: 2", text)
