@@ -36,6 +36,12 @@ def _markdown(r: dict[str, Any]) -> str:
     ]
     if r.get("bundle_path"):
         lines.append(f"- bundle: `{Path(r['bundle_path']).name}` (sha256 of model.onnx {r.get('model_sha256', '')[:16]}…)")
+    host = r.get("latency_host") or {}
+    if host:
+        lines.append(f"- latency measured on: {host.get('machine')} with {host.get('runtime')}, "
+                     f"{host.get('threads')} threads, batch 1")
+    if host.get("warning"):
+        lines.append(f"- **warning:** {host['warning']}")
     if r.get("key_note"):
         lines.append(f"- signing key: {r['key_note']}")
     lines += ["", f"| stage / candidate | {metric} | p50 ms | p95 ms | size MB | params | MACs | within budget |",

@@ -45,8 +45,11 @@ def finish(ws: Workspace, *, rows: list[dict], chosen: Stage | None, chosen_id: 
            key: SigningKey, key_note: str, recipe: dict[str, Any], info: BundleInfo, labels, preprocessing,
            closest: list[dict] | None = None, extra: dict[str, Any] | None = None) -> CompressResult:
     """Write the reports, then (when something met the budget) the signed, verified bundle."""
+    host = _host_note(ws)
+    if host["warning"]:
+        ws.ctx.log(f"[yellow]{host['warning']}[/yellow]")
     report: dict[str, Any] = {
-        "target": ws.profile.name, "metric": ws.ctx.metric.name, "baseline": ws.ctx.baseline,
+        "target": ws.profile.name, "latency_host": host, "metric": ws.ctx.metric.name, "baseline": ws.ctx.baseline,
         "budget": ws.ctx.budget.model_dump(mode="json"), "rows": rows, "chosen": chosen_id,
         "outcome": "met every budget" if chosen else "no candidate meets every budget",
         "bundle": info.model_dump(), "recipe": recipe, "recipe_sha256": sha256_json(recipe),
@@ -65,6 +68,27 @@ def finish(ws: Workspace, *, rows: list[dict], chosen: Stage | None, chosen_id: 
         lines = "; ".join(f"{c['id']}: {', '.join(c['violations'])}" for c in (closest or rows)[:3])
         raise BudgetError(f"no candidate meets every budget (closest: {lines}); see {out_dir / 'report.md'}")
     return CompressResult(bundle, report, out_dir)
+
+
+def _host_note(ws: Workspace) -> dict[str, Any]:
+    """Where latency was measured, and a warning when this host is not the target profile's kind."""
+    import platform
+
+    from runtimes.registry import runtime_for_profile
+
+    machine = platform.machine()
+    try:
+        rt = runtime_for_profile(ws.profile).name
+    except Exception:  # no runtime at all: evaluate already logged it
+        rt = "none"
+    warning = ""
+    if machine != ws.profile.arch:
+        warning = (f"latency was measured on this {machine} host with {rt}, not on a {ws.profile.name} "
+                   f"({ws.profile.arch}); run on the target (hil) for its real figures")
+    elif ws.profile.runtime_preference[0] != rt:
+        warning = (f"latency was measured with {rt}; the {ws.profile.name} profile prefers "
+                   f"{ws.profile.runtime_preference[0]}, which is not usable here")
+    return {"machine": machine, "runtime": rt, "threads": ws.ctx.threads, "warning": warning}
 
 
 def run_recipe(recipe: Recipe, *, base_dir: Path, out_dir: Path, key: Path | None = None,

@@ -127,3 +127,38 @@ def test_unlabeled_data_is_budgeted_by_fidelity(workdir, tmp_path):
         assert 0.0 < s.metrics["fidelity"] <= 1.0 + 1e-6
     assert (stages[-1].metrics["fidelity"] >= 0.95) == (not ws.meets(stages[-1].metrics))
     assert ws.meets({"fidelity": 0.5}) == ["fidelity 0.5000 vs source 1.0000"]
+
+
+def test_latency_on_a_host_that_is_not_the_target_is_flagged(workdir, tmp_path):
+    import platform
+
+    from edgekit.compress.run import _host_note
+
+    ws = Workspace(model=ModelSpec(factory="tiny_models:TinyResNet", checkpoint=str(workdir / "res.pt")),
+                   inputs=IMAGE, output_names=["logits"], data=DataSpec(source=str(workdir / "images.npz")),
+                   metric="accuracy", target="raspberry-pi-5", budget=Budget(), cache_dir=tmp_path / "c",
+                   base_dir=workdir, quiet=True, bench_iterations=5)
+    note = _host_note(ws)
+    assert note["runtime"] == "onnxruntime" and note["threads"] == 4  # the profile's thread count
+    if platform.machine() != "aarch64":
+        assert "not on a raspberry-pi-5 (aarch64)" in note["warning"]
+
+
+def test_qat_is_tried_only_when_int8_alone_misses(ws):
+    from edgekit.compress.budget import _qat_worth_it
+    from edgekit.compress.pipeline import Stage
+
+    base = ws.ctx.baseline
+    strict = ws.ctx.budget.model_copy(update={"max_accuracy_drop": 1.0})
+    ws.ctx.budget, saved = strict, ws.ctx.budget
+    try:
+        src = ws.source
+        fp32 = Stage("export", src, [], {"accuracy": base})
+        int8_bad = Stage("quantize", src.__class__(**{**src.__dict__, "meta": {"precision": "int8"}}), [],
+                         {"accuracy": base - 0.05})
+        int8_ok = Stage("quantize", int8_bad.artifact, [], {"accuracy": base})
+        assert _qat_worth_it(ws, fp32, [int8_bad], [object()])
+        assert not _qat_worth_it(ws, fp32, [int8_ok], [object()])
+        assert not _qat_worth_it(ws, Stage("export", src, [], {"accuracy": base - 0.05}), [int8_bad], [object()])
+    finally:
+        ws.ctx.budget = saved
