@@ -6,7 +6,8 @@ Candidates (each a chain of passes, cached, evaluated on the target runtime afte
 * students — ``--student module:factory`` at each of ``widths``, or derived from the source by
   pruning each of ``prune_ratios`` of its channels — distilled from the source, exported, then kept
   fp32, quantized to INT8 (static QDQ with accuracy-aware fallback) and, for MatMul-heavy models,
-  to dynamic INT8; quantization-aware fine-tuning is tried when INT8 alone misses the budget.
+  to dynamic INT8; when static INT8 misses where float met the budget, percentile and entropy
+  calibration are tried, then quantization-aware fine-tuning.
   Students are tried smallest first; once one meets every budget the larger ones are skipped
   (same family, more channels: slower), which keeps the search to minutes.
 
@@ -88,7 +89,11 @@ def _precisions(ws: Workspace, name: str, exported: list[Stage], space: SearchSp
             prec.append(("int8-dynamic", QuantizeConfig(mode="dynamic", strict=False)))
     if "fp16" in ws.profile.precisions and ws.profile.accelerator != "none":
         prec.append(("fp16", QuantizeConfig(mode="fp16")))
-    for label, cfg in prec:
+    metric = ws.ctx.metric.name
+    float_ok = ws.ctx.budget.quality_ok(metric, ws.ctx.baseline, exported[-1].metrics.get(metric, 0.0))
+    queue = list(prec)
+    while queue:
+        label, cfg = queue.pop(0)
         try:
             stages = ws.run_chain([cfg], candidate=f"{name}-{label}", start=art)
         except CompressError as exc:
@@ -97,6 +102,12 @@ def _precisions(ws: Workspace, name: str, exported: list[Stage], space: SearchSp
         for s in stages:
             s.records = [*exported[-1].records, *s.records]
         out.extend(stages)
+        # Static INT8 missed where the float model met the budget: other calibrations clip outliers
+        # differently (percentile, entropy); they are tried before quantization-aware fine-tuning.
+        missed = not ws.ctx.budget.quality_ok(metric, ws.ctx.baseline, stages[-1].metrics.get(metric, 0.0))
+        if label == "int8" and missed and float_ok:
+            queue[:0] = [(f"int8-{m}", QuantizeConfig(mode="static", calibration=m, strict=False))
+                         for m in ("percentile", "entropy") if m != space.calibration]
     return out
 
 
