@@ -244,3 +244,6 @@ def _check(data: ArraySet, specs: list[TensorSpec], where: str) -> None:
         n = a.shape[0]
     if data.labels is not None and len(data.labels) != n:
         raise ConfigError(f"{where}: {len(data.labels)} labels for {n} samples")
+    if data.labels is not None and data.labels.dtype.kind not in "iuf":
+        raise ConfigError(f"{where}: labels are {data.labels.dtype}; give integer class ids (and the class names "
+                          "under 'labels:' in the recipe) or float targets")

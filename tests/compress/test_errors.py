@@ -31,6 +31,9 @@ def test_data_errors_missing_arrays_labels_and_dtypes(tmp_path):
     np.savez(tmp_path / "b.npz", x=np.zeros((10, 1, 16, 16), np.float32), y=np.zeros(7, np.int64))
     with pytest.raises(ConfigError, match=r"labels for \d+ samples"):
         load_data(tmp_path / "b.npz", IMAGE)
+    np.savez(tmp_path / "s.npz", x=np.zeros((10, 1, 16, 16), np.float32), y=np.array(["cat", "dog"] * 5))
+    with pytest.raises(ConfigError, match=r"labels are <U3; give integer class ids"):
+        load_data(tmp_path / "s.npz", IMAGE)
     np.savez(tmp_path / "c.npz", x=np.zeros((10, 1, 16, 16), np.complex64))
     with pytest.raises(ConfigError, match="is complex64, the model expects float32"):
         load_data(tmp_path / "c.npz", IMAGE)
