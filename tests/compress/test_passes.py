@@ -34,13 +34,21 @@ def ws(workdir, tmp_path_factory):
 
 
 def test_qat_bakes_weights_onto_the_int8_grid(ws):
+    from edgekit.compress.passes.qat import conv_bn_pairs
+
     (stage,) = ws.run_chain([QATConfig(epochs=1)])
     model = load_module(stage.artifact)
-    w = model.stem[0].weight.detach().reshape(model.stem[0].weight.shape[0], -1)
-    scale = w.abs().amax(1, keepdim=True) / 127
-    q = w / scale
-    assert torch.allclose(q, q.round(), atol=1e-3), "QAT output weights must sit on their INT8 grid"
-    assert not any("parametrizations" in k for k in model.state_dict())
+    conv, bn = model.stem[0], model.stem[1]
+    assert conv_bn_pairs(model)[conv] is bn and model.fc not in conv_bn_pairs(model)
+    # The weight ONNX Runtime quantizes is the BN-folded one: it sits on its per-channel INT8 grid.
+    k = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().reshape(-1, 1)
+    folded = conv.weight.detach().reshape(conv.weight.shape[0], -1) * k
+    q = folded / (folded.abs().amax(1, keepdim=True) / 127)
+    assert torch.allclose(q, q.round(), atol=2e-3), "QAT output weights must sit on their INT8 grid"
+    w = model.fc.weight.detach()  # a Linear without BN: its own weight is on the grid
+    qf = w / (w.abs().amax(1, keepdim=True) / 127)
+    assert torch.allclose(qf, qf.round(), atol=1e-3)
+    assert not any("parametrizations" in key for key in model.state_dict())
 
 
 def test_unstructured_pruning_reaches_the_sparsity(ws):
