@@ -2,6 +2,7 @@
 #   make demo    run the main job end to end on embedded defaults
 #   make test    run the test suite (installs the Debian packages the integration tests use, when root)
 #   make bench   run every benchmark under hil/ and write bench/results.json + bench/RESULTS.md
+#   make chaos   the long version of the chaos suite (a short version of each scenario runs in make test)
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -33,6 +34,9 @@ test: $(STAMP) system-deps lint
 
 bench: $(STAMP)
 	$(PY) -m hil.bench_all
+
+chaos: $(STAMP) system-deps
+	EDGEKIT_CHAOS_LONG=1 $(PY) -m pytest -m chaos tests/chaos -q -rxs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out
