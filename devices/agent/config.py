@@ -184,7 +184,9 @@ def _format(exc: ValidationError) -> str:
 def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
     """Read ``path`` (YAML mapping; optional), apply ``overrides`` then the environment; validate.
 
-    Relative paths in the file are resolved against the file's folder.
+    Relative paths in the file (``state_dir``, ``bundle``, a profile YAML, ``mqtt.ca_file``/``client_cert``/
+    ``client_key``, ``ota.trusted_keys`` and the OTA TLS files) are resolved against the file's folder, so a
+    provisioned device folder can be moved as a whole. Overrides and the environment are taken as given.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -235,6 +237,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             out[key] = fix(out[key])
     if isinstance(out.get("profile"), str) and out["profile"].endswith((".yaml", ".yml")):
         out["profile"] = fix(out["profile"])
+    mqtt = out.get("mqtt")
+    if isinstance(mqtt, dict):
+        mqtt = dict(mqtt)
+        for k in ("ca_file", "client_cert", "client_key"):
+            if k in mqtt:
+                mqtt[k] = fix(mqtt[k])
+        out["mqtt"] = mqtt
     ota = out.get("ota")
     if isinstance(ota, dict):
         ota = dict(ota)

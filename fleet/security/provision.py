@@ -8,8 +8,9 @@
     trusted-keys/<id>.pub   the bundle-signing public keys the agent accepts
     agent.yaml              an agent config (:class:`devices.agent.config.AgentConfig` field names)
 
-The YAML names the files by the path they will have on the device (``install_dir``, default
-``out_dir`` itself), because the agent reads ``mqtt.ca_file``/``client_cert``/``client_key`` as given.
+By default the YAML names the files relative to itself (``ca.crt``, ``device.crt`` …): the agent resolves
+relative paths against its config file's folder, so the folder works wherever it is copied. With
+``install_dir`` the paths are absolute, under that folder (where it will live on the device).
 
 With a CSR from the device, its key is made on the device and never travels; only the certificate
 does (``--csr``). ``renew=True`` issues a new key + certificate while the old certificate stays valid until it expires,
@@ -81,12 +82,15 @@ def agent_config(
     device_id: str,
     broker_url: str,
     fleet_url: str | None,
-    install_dir: Path,
+    install_dir: Path | None = None,
     profile: str | None = None,
     tags: Sequence[str] = (),
 ) -> dict:
-    """The agent config mapping that :func:`provision` writes as ``agent.yaml``."""
-    d = Path(install_dir)
+    """The agent config mapping that :func:`provision` writes as ``agent.yaml``.
+
+    ``install_dir`` ``None``: file paths relative to the config file; else under ``install_dir``.
+    """
+    d = Path(install_dir) if install_dir is not None else Path()
     cfg: dict = {}
     if profile:
         cfg["profile"] = profile
@@ -169,7 +173,7 @@ def provision(
         write_public(keys_dir / name, k.pem())
     cfg = agent_config(
         device_id=device_id, broker_url=broker_url, fleet_url=fleet_url,
-        install_dir=Path(install_dir) if install_dir is not None else out_dir.resolve(),
+        install_dir=Path(install_dir) if install_dir is not None else None,
         profile=profile, tags=clean_tags,
     )
     header = f"# edgekit agent config for device {device_id}, written by `edgekit fleet provision`\n"

@@ -23,6 +23,23 @@ def test_yaml_values_and_relative_paths(tmp_path):
     assert cfg.ota.trusted_keys == [tmp_path / "keys" / "a.pub"]
 
 
+def test_tls_paths_are_relative_to_the_config_file(tmp_path):
+    f = tmp_path / "etc" / "agent.yaml"
+    f.parent.mkdir()
+    f.write_text(
+        "mqtt: {url: 'mqtts://broker:8883', device_id: cam-1, ca_file: ca.crt, client_cert: tls/device.crt,"
+        " client_key: /abs/device.key}\n"
+        "ota: {ca_file: ca.crt, client_cert: device.crt, client_key: device.key}\n"
+    )
+    cfg = load_config(f)
+    base = f.parent.resolve()
+    assert cfg.mqtt.ca_file == base / "ca.crt"
+    assert cfg.mqtt.client_cert == base / "tls" / "device.crt"
+    assert str(cfg.mqtt.client_key) == "/abs/device.key"  # absolute paths are kept as given
+    assert (cfg.ota.ca_file, cfg.ota.client_cert, cfg.ota.client_key) == (
+        base / "ca.crt", base / "device.crt", base / "device.key")
+
+
 def test_environment_overrides_the_file(tmp_path, monkeypatch):
     f = tmp_path / "agent.yaml"
     f.write_text("server: {port: 9001}\n")

@@ -43,14 +43,15 @@ def test_provision_writes_key_0600_cert_ca_keys_and_config(pki, pub, tmp_path):
     assert [p.name for p in r.trusted_keys.iterdir()] == [f"{key_id}.pub"]
     cfg = yaml.safe_load(r.config.read_text())
     assert cfg["profile"] == "raspberry-pi-5"
+    # relative to agent.yaml by default: the folder works wherever it is copied
     assert cfg["mqtt"] == {
-        "url": BROKER, "device_id": "cam-1", "ca_file": str(out.resolve() / "ca.crt"),
-        "client_cert": str(out.resolve() / "device.crt"), "client_key": str(out.resolve() / "device.key"),
+        "url": BROKER, "device_id": "cam-1", "ca_file": "ca.crt",
+        "client_cert": "device.crt", "client_key": "device.key",
         "tags": ["site=lab", "canary"],
     }
-    assert cfg["ota"]["trusted_keys"] == [str(out.resolve() / "trusted-keys")]
+    assert cfg["ota"]["trusted_keys"] == ["trusted-keys"]
     assert cfg["ota"]["allowed_url_prefixes"] == [FLEET + "/"]
-    assert cfg["ota"]["client_cert"] == str(out.resolve() / "device.crt")  # https fleet: mTLS downloads
+    assert cfg["ota"]["client_cert"] == "device.crt"  # https fleet: mTLS downloads
 
 
 def test_config_is_accepted_by_the_agents_own_settings(pki, pub, tmp_path):
@@ -63,6 +64,25 @@ def test_config_is_accepted_by_the_agents_own_settings(pki, pub, tmp_path):
     assert cfg.mqtt.device_id == "cam-2" and cfg.mqtt.url == BROKER
     assert cfg.mqtt.client_key == tmp_path / "etc-edgekit" / "device.key"  # install_dir paths
     assert cfg.ota.trusted_keys == [tmp_path / "etc-edgekit" / "trusted-keys"]
+
+
+def test_default_relative_config_resolves_wherever_the_folder_is_copied(pki, pub, tmp_path):
+    import shutil
+
+    agent_config = pytest.importorskip(
+        "devices.agent.config", reason="devices.agent.config (device-agent workstream) not importable"
+    )
+    r = provision(pki, "cam-4", out_dir=tmp_path / "made-here", broker_url=BROKER, fleet_url=FLEET,
+                  trusted_keys=[pub])
+    moved = tmp_path / "on-device" / "etc"
+    shutil.copytree(r.out_dir, moved)
+    cfg = agent_config.load_config(moved / "agent.yaml")
+    assert cfg.mqtt.ca_file == moved.resolve() / "ca.crt"
+    assert cfg.mqtt.client_cert == moved.resolve() / "device.crt"
+    assert cfg.mqtt.client_key == moved.resolve() / "device.key"
+    assert cfg.ota.client_key == moved.resolve() / "device.key"
+    assert cfg.ota.trusted_keys == [moved.resolve() / "trusted-keys"]
+    assert all(p.exists() for p in (cfg.mqtt.ca_file, cfg.mqtt.client_cert, cfg.mqtt.client_key))
 
 
 def test_existing_device_folder_needs_renew_and_renew_rotates_the_key(pki, pub, tmp_path):
