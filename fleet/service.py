@@ -21,6 +21,7 @@ from fleet.context import FleetContext
 from fleet.db.base import Database
 from fleet.db.migrate import upgrade
 from fleet.ingest import Ingest, IngestStats
+from fleet.leases import acquire, release
 from fleet.mqtt import DesiredPublisher, MqttDesiredPublisher
 from fleet.registry import BundleRegistry
 from fleet.rollouts.manager import RolloutManager
@@ -56,17 +57,37 @@ def build_context(settings: FleetSettings, publisher: DesiredPublisher, *, datab
 
 
 class RolloutTicker:
-    """Calls ``manager.tick()`` every ``interval`` seconds in a thread until stopped."""
+    """Calls ``manager.tick()`` every ``interval`` seconds in a thread until stopped.
 
-    def __init__(self, manager: RolloutManager, interval: float):
-        self.manager, self.interval = manager, interval
+    With a ``holder`` name, a tick runs only while this replica holds the database lease ``rollouts``
+    (renewed each tick, expiring after a few missed ticks), so several replicas may all run a ticker and
+    exactly one of them advances rollouts at any time.
+    """
+
+    LEASE = "rollouts"
+
+    def __init__(self, manager: RolloutManager, interval: float, *, holder: str | None = None):
+        self.manager, self.interval, self.holder = manager, interval, holder
+        self.leading = holder is None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def step(self) -> bool:
+        """One tick if this replica may run it; returns whether it ran."""
+        if self.holder is not None:
+            leading = acquire(self.manager.database, self.LEASE, self.holder, ttl_s=max(5 * self.interval, 10.0))
+            if leading != self.leading:
+                log.info("rollout ticker: %s the lead", "took" if leading else "lost")
+                self.leading = leading
+            if not leading:
+                return False
+        self.manager.tick()
+        return True
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.manager.tick()
+                self.step()
             except Exception:  # noqa: BLE001 - the ticker must survive anything one tick throws
                 log.exception("rollout tick failed")
             self._stop.wait(self.interval)
@@ -81,6 +102,11 @@ class RolloutTicker:
         if self._thread is not None:
             self._thread.join(30)
             self._thread = None
+        if self.holder is not None and self.leading:
+            try:
+                release(self.manager.database, self.LEASE, self.holder)
+            except Exception:  # noqa: BLE001 - the lease expires by itself anyway
+                log.warning("could not release the rollout lease; it expires by itself")
 
 
 class FleetService:
@@ -115,7 +141,7 @@ class FleetService:
                             "(set trusted_keys or put *.pub files in %s)", s.data_dir / "trusted-keys")
             self.ingest = Ingest(s, ctx.database, stats=ctx.ingest_stats, on_batch=self._on_batch).start()
             if s.rollout_ticker:
-                self.ticker = RolloutTicker(ctx.rollouts, s.tick_interval_s).start()
+                self.ticker = RolloutTicker(ctx.rollouts, s.tick_interval_s, holder=s.replica_id).start()
             else:
                 log.info("rollout ticker disabled here (rollout_ticker: false): another replica runs rollouts")
         except BaseException:

@@ -58,7 +58,7 @@ class FleetSettings(BaseSettings):
     trusted_keys: list[Path] = Field(default_factory=list)
     #: MQTT shared-subscription group; replicas of the fleet in one group split the ingest load
     shared_group: str = Field(default="edgekit-fleet", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    #: run the rollout state machine in this process; with several replicas, enable it in exactly one
+    #: run a rollout ticker here; with several replicas, a database lease lets exactly one advance rollouts
     rollout_ticker: bool = True
     #: this replica's name: the ingest's MQTT client id is ``edgekit-fleet-ingest-{replica_id}``
     replica_id: str = Field(default_factory=lambda: _default_replica_id(), pattern=r"^[A-Za-z0-9_.-]{1,64}$")

@@ -32,6 +32,7 @@ __all__ = [
     "Bundle",
     "Device",
     "Event",
+    "Lease",
     "Rollout",
     "RolloutDevice",
     "RolloutWave",
@@ -221,3 +222,13 @@ class RolloutDevice(Base):
     desired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     installed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Lease(Base):
+    """A named lease held by one fleet replica at a time (e.g. ``rollouts``: who runs the ticker)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
