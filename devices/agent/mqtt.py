@@ -5,6 +5,12 @@ Telemetry and events never go straight to the socket: they are written to the :c
 pump thread publishes them oldest-first at QoS 1, deleting each row only when its PUBACK arrives. After
 a reconnect the pump first lets paho re-send what was in flight, so the order on the wire is the spool
 order. paho reconnects by itself with exponential backoff (``reconnect_delay_set``).
+
+Over ``mqtts://`` the link keeps one ``ssl.SSLContext`` (paho ``tls_set_context``). When the client
+certificate or key file changes on disk (a renewal from ``edgekit fleet provision --renew`` rewrites
+both atomically), :meth:`MqttLink.reload_tls` loads the new pair into that same context — checked every
+few seconds by the pump thread and right after every disconnect — so the next (re)connect presents the
+renewed certificate without an agent restart, and the live session is never interrupted for it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import ssl
 import threading
 import time
@@ -27,9 +34,67 @@ from edgekit.wire import Event, Reported, Status, Telemetry, encode, topic
 from .config import MqttConfig
 from .spool import Spool
 
-__all__ = ["MqttLink"]
+__all__ = ["MqttLink", "TlsIdentity"]
 
 log = logging.getLogger("edgekit.agent.mqtt")
+
+#: how often (seconds) the pump thread looks at the certificate files for a renewal
+TLS_CHECK_INTERVAL_S = 2.0
+
+
+def _file_sig(path) -> tuple[int, int, int, int] | None:
+    """What identifies one version of a file: (inode, device, size, mtime ns); None when unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+
+
+class TlsIdentity:
+    """The agent's TLS client context, with the certificate chain reloaded in place when its files change.
+
+    A renewal is first loaded into a scratch context: a certificate whose key has not arrived yet (or a
+    broken file) is refused with a warning and the context keeps presenting the previous, working pair;
+    the next check tries again.
+    """
+
+    def __init__(self, ca_file, cert_file, key_file):
+        self.cert_file, self.key_file = cert_file, key_file
+        try:
+            self.context = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None
+            )
+            if cert_file:
+                self.context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise AgentError(f"MQTT TLS setup failed: {exc}") from exc
+        self._sig = self._signature()
+        self.reloads = 0
+        self._lock = threading.Lock()
+
+    def _signature(self) -> tuple:
+        return (_file_sig(self.cert_file), _file_sig(self.key_file)) if self.cert_file else ()
+
+    def reload_if_changed(self) -> bool:
+        """Load a changed certificate/key pair into the live context; True when a new pair was loaded."""
+        if not self.cert_file:
+            return False
+        with self._lock:
+            sig = self._signature()
+            if sig == self._sig or None in sig:
+                return False
+            cert, key = str(self.cert_file), str(self.key_file) if self.key_file else None
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)  # check the pair first
+                self.context.load_cert_chain(cert, key)
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                log.warning("renewed client certificate %s not loaded (keeping the current one): %s", cert, exc)
+                return False
+            self._sig = sig
+            self.reloads += 1
+        log.info("client certificate %s reloaded; used from the next connection on", cert)
+        return True
 
 
 def _mark_replayed(payload: bytes) -> bytes:
@@ -76,6 +141,10 @@ class MqttLink:
         url = urlsplit(cfg.url)
         self._host, self._port = url.hostname or "localhost", url.port or (8883 if url.scheme == "mqtts" else 1883)
         self._tls = url.scheme == "mqtts"
+        self.tls: TlsIdentity | None = (
+            TlsIdentity(cfg.ca_file, cfg.client_cert, cfg.client_key) if self._tls else None
+        )
+        self._tls_checked = time.monotonic()
         self.client = self._make_client()
 
     def _make_client(self) -> paho.Client:
@@ -83,14 +152,9 @@ class MqttLink:
         c.enable_logger(log)
         if self.cfg.username:
             c.username_pw_set(self.cfg.username, self.cfg.password)
-        if self._tls:
+        if self.tls is not None:
             try:
-                c.tls_set(
-                    ca_certs=str(self.cfg.ca_file) if self.cfg.ca_file else None,
-                    certfile=str(self.cfg.client_cert) if self.cfg.client_cert else None,
-                    keyfile=str(self.cfg.client_key) if self.cfg.client_key else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
+                c.tls_set_context(self.tls.context)
             except (OSError, ValueError, ssl.SSLError) as exc:
                 raise AgentError(f"MQTT TLS setup failed: {exc}") from exc
         will = Status(device_id=self.device_id, state="offline")
@@ -180,11 +244,18 @@ class MqttLink:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    def reload_tls(self) -> bool:
+        """Use a renewed client certificate from the next connection on (True when one was loaded)."""
+        self._tls_checked = time.monotonic()
+        return self.tls.reload_if_changed() if self.tls is not None else False
+
     def _pump_loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(timeout=0.5)
             self._wake.clear()
             try:
+                if self.tls is not None and time.monotonic() - self._tls_checked >= TLS_CHECK_INTERVAL_S:
+                    self.reload_tls()
                 self._pump_once()
             except EdgekitError as exc:
                 log.warning("spool pump: %s", exc)
@@ -243,6 +314,10 @@ class MqttLink:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        try:
+            self.reload_tls()  # e.g. cut off because the old certificate expired: reconnect with the new one
+        except Exception:  # noqa: BLE001
+            log.exception("client certificate reload failed")
         try:
             self.spool.defer_all()
         except Exception:  # noqa: BLE001
