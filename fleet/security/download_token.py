@@ -27,22 +27,29 @@ import re
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import ConfigError, FleetError
-from edgekit.wire import valid_device_id
+from edgekit.wire import Desired, valid_device_id
 from fleet.security.files import write_private
 
 __all__ = [
     "DEFAULT_TTL_S",
     "MAX_TTL_S",
+    "TOKEN_PARAM",
     "DownloadClaims",
     "DownloadTokenError",
     "issue_download_token",
     "load_or_create_secret",
+    "tokenized_desired",
+    "tokenized_url",
     "verify_download_token",
 ]
+
+#: the query parameter of the bundle download route that carries a download token
+TOKEN_PARAM = "token"
 
 _PREFIX = "ekdt1"
 #: long enough for a device that was offline for a while to pick up its desired state and download
@@ -182,3 +189,43 @@ def verify_download_token(
     if claims.sha256 is not None and sha256 is not None and claims.sha256 != sha256:
         raise DownloadTokenError("download token is for different bundle bytes (sha256 mismatch)")
     return claims
+
+
+def tokenized_url(
+    download_url: str,
+    secret: bytes,
+    *,
+    device_id: str,
+    bundle: str,
+    version: str,
+    sha256: str | None = None,
+    ttl_s: int = DEFAULT_TTL_S,
+    now: float | None = None,
+) -> str:
+    """``download_url`` (the registry's ``…/bundles/{name}/{version}/download``) with a fresh
+    ``?token=`` for ``device_id`` appended (any earlier token replaced). With it the device needs no
+    API token: the download route verifies the token instead."""
+    token = issue_download_token(secret, device_id=device_id, bundle=bundle, version=version, ttl_s=ttl_s,
+                                 sha256=sha256, now=now)
+    parts = urlsplit(download_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"download URL {download_url!r} is not an http(s):// URL")
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != TOKEN_PARAM]
+    query.append((TOKEN_PARAM, token))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def tokenized_desired(desired: Desired, secret: bytes, *, ttl_s: int = DEFAULT_TTL_S,
+                      now: float | None = None) -> Desired:
+    """A copy of ``desired`` whose bundle URL carries a fresh download token for its device (bound to the
+    bundle's name, version and sha256); unchanged when it names no bundle.
+
+    Call it when the desired state is *published* (each publish, including re-publishes on a device's
+    birth), not when it is stored, so a device that was offline longer than ``ttl_s`` still gets a live
+    token."""
+    if desired.bundle is None:
+        return desired
+    ref = desired.bundle
+    url = tokenized_url(ref.url, secret, device_id=desired.device_id, bundle=ref.name, version=ref.version,
+                        sha256=ref.sha256, ttl_s=ttl_s, now=now)
+    return desired.model_copy(update={"bundle": ref.model_copy(update={"url": url})})

@@ -1,21 +1,46 @@
-"""Bundles: upload (verified by the registry before it is accepted), list, inspect, download (Range)."""
+"""Bundles: upload (verified by the registry before it is accepted), list, inspect, download (Range).
+
+Downloads authenticate in one of two ways:
+
+* ``?token=<download token>`` (:mod:`fleet.security.download_token`): what devices use. The fleet puts
+  the token into each device's desired-state URL; it names one device and one ``bundle@version`` (and
+  the bundle's sha256), expires, and is verified with the fleet's secret
+  (``{data_dir}/pki/download-token.key``). No API token is needed then. A token that does not verify —
+  forged, expired, for another bundle or other bytes — is answered **403** with the reason, and never
+  falls back to another kind of authentication. A device may also send ``X-Edgekit-Device: <its id>``;
+  the token must then name that device (a token copied from another device's state is refused).
+  A query parameter rather than an ``Authorization`` header, so that the URL in the desired state is
+  all a device needs (and API tokens keep the header to themselves).
+* otherwise a fleet API token (``read`` scope), unless the app serves downloads publicly.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, File, Query, Request, UploadFile, status
+from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import ConfigError, EdgekitError
 from fleet.api.deps import Admin, Ctx, Reader
 from fleet.api.util import utc
 from fleet.audit import record
 from fleet.auth import require_read
+from fleet.security.download_token import (
+    TOKEN_PARAM,
+    DownloadClaims,
+    DownloadTokenError,
+    load_or_create_secret,
+    verify_download_token,
+)
 
-__all__ = ["BundleOut", "router"]
+__all__ = ["DEVICE_HEADER", "BundleOut", "download_token_secret", "router"]
+
+#: optional request header naming the downloading device; a download token must then be that device's
+DEVICE_HEADER = "X-Edgekit-Device"
 
 router = APIRouter(prefix="/api/v1/bundles", tags=["bundles"])
 
@@ -70,19 +95,58 @@ def inspect_bundle(name: str, version: str, ctx: Ctx, _p: Reader) -> BundleOut:
     return BundleOut.from_info(info, ctx.registry.download_url(name, version), with_manifest=True)
 
 
+def download_token_secret(request: Request) -> bytes:
+    """The fleet's download-token secret (read once per app; created on first use, mode 0600)."""
+    secret = getattr(request.app.state, "download_token_secret", None)
+    if secret is None:
+        path = Path(request.app.state.ctx.settings.data_dir) / "pki" / "download-token.key"
+        try:
+            secret = load_or_create_secret(path)
+        except ConfigError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                f"download tokens cannot be checked: {exc}") from exc
+        request.app.state.download_token_secret = secret
+    return secret
+
+
+def _check_token(name: str, version: str, request: Request) -> DownloadClaims | None:
+    """Verify the request's download token; None when it has none; 403 with the reason when it is bad."""
+    tokens = request.query_params.getlist(TOKEN_PARAM)
+    if not tokens:
+        return None
+    if len(tokens) > 1:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "more than one download token in the request")
+    device = request.headers.get(DEVICE_HEADER)
+    try:
+        return verify_download_token(tokens[0], download_token_secret(request), bundle=name, version=version,
+                                     device_id=device if device is not None else None)
+    except DownloadTokenError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"download token refused: {exc}") from exc
+
+
 def _download(name: str, version: str, request: Request) -> FileResponse:
     ctx = request.app.state.ctx
-    if not request.app.state.public_downloads:
+    claims = _check_token(name, version, request)
+    if claims is None and not request.app.state.public_downloads:
         require_read(request)
     info = ctx.registry.get(name, version)
+    if claims is not None and claims.sha256 is not None and claims.sha256 != info.sha256:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            "download token refused: it is for different bundle bytes (sha256 mismatch)")
     path = ctx.registry.file_path(name, version)
     return FileResponse(path, media_type="application/x-edgekit-bundle", filename=f"{name}-{version}.ekb",
                         headers={"etag": f'"{info.sha256}"', "cache-control": "private, max-age=31536000, immutable"})
 
 
-@router.get("/{name}/{version}/download", summary="The bundle's bytes (HTTP Range supported); devices fetch here",
+@router.get("/{name}/{version}/download",
+            summary="The bundle's bytes (HTTP Range supported); devices fetch here with their download token",
             response_class=FileResponse)
-def download_bundle(name: str, version: str, request: Request) -> FileResponse:
+def download_bundle(
+    name: str, version: str, request: Request,
+    _token: str | None = Query(None, alias=TOKEN_PARAM,
+                               description="A device's download token (from its desired state); replaces the API "
+                                           "token. Invalid, expired or for another bundle: 403."),
+) -> FileResponse:
     return _download(name, version, request)
 
 

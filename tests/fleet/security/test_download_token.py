@@ -101,3 +101,49 @@ def test_secret_file_is_created_0600_reused_and_checked(tmp_path):
     path.chmod(0o600)
     with pytest.raises(ConfigError, match="shorter"):
         load_or_create_secret(path)
+
+
+def _desired(url: str = "http://fleet.lan:8080/api/v1/bundles/resnet/1.2.0/download"):
+    from edgekit.wire import BundleRef, Desired
+
+    ref = BundleRef(name="resnet", version="1.2.0", url=url, sha256="a" * 64, size=10)
+    return Desired(device_id="cam-1", bundle=ref, rollout_id="r1", generation=3)
+
+
+def test_tokenized_url_appends_a_token_for_the_device_and_replaces_an_old_one():
+    from urllib.parse import parse_qs, urlsplit
+
+    from fleet.security.download_token import tokenized_url
+
+    base = "http://fleet.lan:8080/api/v1/bundles/resnet/1.2.0/download"
+    url = tokenized_url(base, SECRET, device_id="cam-1", bundle="resnet", version="1.2.0", sha256="a" * 64,
+                        ttl_s=60, now=T0)
+    assert url.startswith(base + "?token=ekdt1.")
+    (tok,) = parse_qs(urlsplit(url).query)["token"]
+    claims = verify_download_token(tok, SECRET, bundle="resnet", version="1.2.0", device_id="cam-1",
+                                   sha256="a" * 64, now=T0 + 59)
+    assert claims.exp == T0 + 60
+    again = tokenized_url(url + "&x=1", SECRET, device_id="cam-1", bundle="resnet", version="1.2.0", now=T0)
+    q = parse_qs(urlsplit(again).query)
+    assert len(q["token"]) == 1 and q["token"][0] != tok and q["x"] == ["1"]
+    with pytest.raises(ConfigError, match="http"):
+        tokenized_url("ftp://x/y", SECRET, device_id="cam-1", bundle="resnet", version="1.2.0")
+    with pytest.raises(ConfigError, match="device id"):
+        tokenized_url(base, SECRET, device_id="a/b", bundle="resnet", version="1.2.0")
+
+
+def test_tokenized_desired_binds_the_token_to_the_desired_bundle():
+    from urllib.parse import parse_qs, urlsplit
+
+    from fleet.security.download_token import tokenized_desired
+
+    d = _desired()
+    t = tokenized_desired(d, SECRET, ttl_s=120, now=T0)
+    assert d.bundle.url.endswith("/download")  # the input is not modified
+    assert (t.device_id, t.generation, t.bundle.sha256) == ("cam-1", 3, "a" * 64)
+    (tok,) = parse_qs(urlsplit(t.bundle.url).query)["token"]
+    with pytest.raises(DownloadTokenError, match="sha256"):
+        verify_download_token(tok, SECRET, bundle="resnet", version="1.2.0", sha256="b" * 64, now=T0)
+    with pytest.raises(DownloadTokenError, match="another device"):
+        verify_download_token(tok, SECRET, bundle="resnet", version="1.2.0", device_id="cam-2", now=T0)
+    assert verify_download_token(tok, SECRET, bundle="resnet", version="1.2.0", now=T0 + 119).dev == "cam-1"
