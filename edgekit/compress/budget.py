@@ -167,8 +167,15 @@ def run_budget(*, model: ModelSpec, inputs: list[TensorSpec] | None, output_name
                     found_student = any(not ws.meets(s.metrics) for n, s, _ in finals if not n.startswith("source-"))
             advance(1)
 
-    ok = [(n, s, p) for n, s, p in finals if not ws.meets(s.metrics)]
-    chosen = min(ok, key=lambda t: t[1].metrics.get("p50_ms", float("inf"))) if ok else None
+    ok = sorted(((n, s, p) for n, s, p in finals if not ws.meets(s.metrics)),
+                key=lambda t: t[1].metrics.get("p50_ms", float("inf")))
+    chosen = ok[0] if ok else None
+    reason = ""
+    if chosen is not None:
+        reason = (f"{chosen[0]} is the fastest of {len(ok)} candidate(s) inside every budget "
+                  f"(p50 {chosen[1].metrics.get('p50_ms', float('nan')):.4f} ms)")
+        if len(ok) > 1:
+            reason += f"; next: {ok[1][0]} at {ok[1][1].metrics.get('p50_ms', float('nan')):.4f} ms"
     chosen_id = None
     if chosen is not None:
         chosen_id = next(r["id"] for r in rows if r.get("artifact_sha256") == chosen[1].artifact.sha256
@@ -185,7 +192,7 @@ def run_budget(*, model: ModelSpec, inputs: list[TensorSpec] | None, output_name
     return finish(ws, rows=rows, chosen=chosen[1] if chosen else None, chosen_id=chosen_id, out_dir=out_dir,
                   key=signing, key_note=key_note, recipe=recipe, info=info, labels=labels,
                   preprocessing=preprocessing or {}, closest=closest,
-                  extra={"mode": "budget", "search_space": {k: v for k, v in space.__dict__.items()},
+                  extra={"mode": "budget", "reason": reason, "search_space": {k: v for k, v in space.__dict__.items()},
                          "candidates": [{"id": n, "metrics": s.metrics} for n, s, _ in finals]})
 
 

@@ -34,6 +34,8 @@ def _markdown(r: dict[str, Any]) -> str:
         f"- budget: {json.dumps(r['budget'])}",
         f"- result: **{r['outcome']}**" + (f" — chosen `{r['chosen']}`" if r.get("chosen") else ""),
     ]
+    if r.get("reason"):
+        lines.append(f"- why: {r['reason']}")
     if r.get("bundle_path"):
         lines.append(f"- bundle: `{Path(r['bundle_path']).name}` (sha256 of model.onnx {r.get('model_sha256', '')[:16]}…)")
     host = r.get("latency_host") or {}

@@ -78,6 +78,8 @@ def test_budget_mode_picks_fastest_within_budget_or_says_none(workdir, tmp_path,
     chosen_row = next(r for r in report["rows"] if r["id"] == report["chosen"])
     assert chosen_row["metrics"]["p50_ms"] == pytest.approx(fastest["p50_ms"])
     assert chosen and (out / "tiny-1.0.0.ekb").exists()
+    assert " is the fastest of " in report["reason"] and "inside every budget" in report["reason"]
+    assert "- why: " in (out / "report.md").read_text()
 
     # An impossible latency budget: no bundle, exit 1, the closest candidates named.
     capsys.readouterr()
