@@ -3,12 +3,17 @@
 The body is streamed to ``dest`` chunk by chunk (never held in memory), refused as soon as it passes
 the limit, and accepted only when its size and sha256 equal what the desired state announced. Optional
 headers (auth tokens) and a TLS client certificate are supported for zero-trust deployments.
+
+A URL may carry a fleet download token (``?token=…``): it is sent as is but never written into an error
+message (those end up in the device's events); a refusal's reason from the server (``detail``) is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +21,28 @@ import httpx
 
 from edgekit.errors import AgentError
 
-__all__ = ["DownloadError", "Downloader"]
+__all__ = ["DownloadError", "Downloader", "redact_url"]
+
+_SECRET_PARAM = re.compile(r"([?&](?:token|access_token|sig|signature)=)[^&#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the values of token-like query parameters replaced by ``…`` (safe to log)."""
+    return _SECRET_PARAM.sub(r"\1…", url)
+
+
+def _reason(resp: httpx.Response) -> str:
+    """The server's short explanation of a refusal (a JSON ``detail``), or ''."""
+    try:
+        body = b""
+        for chunk in resp.iter_bytes(1024):
+            body += chunk
+            if len(body) >= 2048:
+                break
+        detail = json.loads(body[:2048]).get("detail")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return ""
+    return f": {detail[:300]}" if isinstance(detail, str) and detail else ""
 
 
 class DownloadError(AgentError):
@@ -64,7 +90,8 @@ class Downloader:
         try:
             with self._client() as client, client.stream("GET", url) as resp:
                 if resp.status_code != 200:
-                    raise DownloadError(f"GET {url} answered HTTP {resp.status_code}", transient=True)
+                    raise DownloadError(f"GET {redact_url(url)} answered HTTP {resp.status_code}{_reason(resp)}",
+                                        transient=True)
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > self.max_bytes:
                     raise DownloadError(f"server announces {declared} bytes, over the {self.max_bytes}-byte limit")
@@ -81,7 +108,8 @@ class Downloader:
                     os.fsync(fh.fileno())
         except httpx.HTTPError as exc:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"download of {url} failed: {type(exc).__name__}: {exc}", transient=True) from exc
+            raise DownloadError(f"download of {redact_url(url)} failed: {type(exc).__name__}: "
+                                f"{redact_url(str(exc))}", transient=True) from exc
         except OSError as exc:
             part.unlink(missing_ok=True)
             raise DownloadError(f"cannot write {part}: {exc}", transient=True) from exc

@@ -106,6 +106,8 @@ def agent_config(
     if fleet_url:
         # bundles come from the fleet only; over https the device proves itself with the same certificate
         ota["allowed_url_prefixes"] = [fleet_url + "/"]
+        # the fleet's download route then checks that a download token in a URL is this device's own
+        ota["headers"] = {"X-Edgekit-Device": device_id}
         if fleet_url.startswith("https://"):
             ota.update(ca_file=str(d / "ca.crt"), client_cert=str(d / "device.crt"), client_key=str(d / "device.key"))
     cfg["ota"] = ota

@@ -77,3 +77,11 @@ def test_unreachable_server_is_transient(tmp_path):
     with pytest.raises(DownloadError, match="failed") as err:
         Downloader(timeout_s=2).fetch(url, tmp_path / "b", sha256=SHA, size=10)
     assert err.value.transient
+
+
+def test_redact_url_hides_token_values_only():
+    from devices.agent.download import redact_url
+
+    assert redact_url("http://f/x/download?token=ekdt1.abc.def") == "http://f/x/download?token=…"
+    assert redact_url("http://f/x?a=1&Token=s&b=2") == "http://f/x?a=1&Token=…&b=2"
+    assert redact_url("http://f/tokens/x?q=token") == "http://f/tokens/x?q=token"
