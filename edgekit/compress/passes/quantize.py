@@ -181,12 +181,14 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
             src = pre
         except Exception as exc:  # pre-processing is an optimisation; quantize the graph as is
-            notes.append(f"quant_pre_process skipped: {str(exc).splitlines()[0][:200]}")
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             try:
                 quant_pre_process(str(art.onnx_path), str(pre), skip_symbolic_shape=True)
                 src = pre
+                notes.append(f"quant_pre_process without symbolic shape inference (it failed: {first})")
             except Exception:
                 src = art.onnx_path
+                notes.append(f"quant_pre_process skipped, graph quantized as exported ({first})")
     calib = ctx.data.train.head(cfg.calibration_samples)
     val = ctx.val
 
@@ -194,8 +196,8 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
     metric = ctx.metric.name
 
     def within(score: float) -> bool:
-        if cfg.max_accuracy_drop is not None:
-            return (baseline_in - score) * 100 <= cfg.max_accuracy_drop + 1e-9 if metric != "fidelity" else True
+        if cfg.max_accuracy_drop is not None and metric != "fidelity":
+            return (baseline_in - score) * 100 <= cfg.max_accuracy_drop + 1e-9
         ref = ctx.baseline if ctx.baseline is not None else baseline_in
         return ctx.budget.quality_ok(metric, ref, score)
 
