@@ -91,22 +91,22 @@ def compress(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Compress a PyTorch/ONNX model into a signed bundle: from a recipe, or by searching a budget."""
+    opts = dict(locals())  # the options by name, taken before any other local exists
     from rich.console import Console
 
     console = Console(stderr=True)
     with _term_as_interrupt():
         try:
-            result = _run(recipe, model, checkpoint, inputs, outputs, data, metric, target, max_accuracy_drop,
-                          min_fidelity, latency_ms, max_size_mb, student, widths, prune_ratios, epochs, name,
-                          version, out, key, cache_dir, val_fraction, bench_iterations, quiet, console)
+            result = _run(console=console, **opts)
         except OSError as exc:  # an unwritable --out, a full disk, a vanished file
             raise ConfigError(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from exc
     _summary(result, console)
 
 
-def _run(recipe, model, checkpoint, inputs, outputs, data, metric, target, max_accuracy_drop, min_fidelity,
+def _run(*, recipe, model, checkpoint, inputs, outputs, data, metric, target, max_accuracy_drop, min_fidelity,
          latency_ms, max_size_mb, student, widths, prune_ratios, epochs, name, version, out, key, cache_dir,
          val_fraction, bench_iterations, quiet, console):
+    """Dispatch to recipe or budget mode (the command's options by name)."""
     from pydantic import ValidationError
 
     if recipe is not None:
