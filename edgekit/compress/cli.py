@@ -71,7 +71,7 @@ def compress(
     inputs: list[str] | None = typer.Option(None, "--input", help="Input spec name:dtype:dims (repeat per input), e.g. image:float32:batch,1,32,32."),
     outputs: list[str] | None = typer.Option(None, "--output", help="Output name (repeat per output)."),
     data: str | None = typer.Option(None, "--data", help=".npz, image folder, or module:function returning (train, val)."),
-    metric: str = typer.Option("accuracy", "--metric", help="accuracy, fidelity, or module:function."),
+    metric: str = typer.Option("accuracy", "--metric", help="accuracy, fidelity (cosine), relative-error, or module:function."),
     target: str = typer.Option("x86-avx2", "--target", help="Device profile name or YAML file."),
     max_accuracy_drop: float = typer.Option(0.5, "--max-accuracy-drop", min=0, help="Points of accuracy the result may lose."),
     min_fidelity: float = typer.Option(0.99, "--min-fidelity", min=0, max=1, help="Unlabeled data: minimum cosine similarity to the source."),

@@ -17,7 +17,12 @@ from edgekit.compress.data import ArraySet, DataSplits
 from edgekit.compress.metrics import Metric
 from edgekit.profiles import DeviceProfile
 
-__all__ = ["Budget", "PassContext"]
+__all__ = ["Budget", "PassContext", "is_fidelity"]
+
+
+def is_fidelity(metric: str) -> bool:
+    """Fidelity metrics (``fidelity`` = cosine, ``fidelity-relerr`` = 1 − relative error) have an absolute floor."""
+    return metric.startswith("fidelity")
 
 
 class Budget(BaseModel):
@@ -33,13 +38,13 @@ class Budget(BaseModel):
     max_size_mb: float | None = Field(default=None, gt=0)
 
     def quality_ok(self, metric: str, baseline: float, score: float) -> bool:
-        if metric == "fidelity":
+        if is_fidelity(metric):
             return score >= self.min_fidelity
         return (baseline - score) * 100.0 <= self.max_accuracy_drop + 1e-9
 
     def quality_gap(self, metric: str, baseline: float, score: float) -> float:
         """How far past the quality budget (≤ 0 inside it), in points (or fidelity units)."""
-        if metric == "fidelity":
+        if is_fidelity(metric):
             return self.min_fidelity - score
         return (baseline - score) * 100.0 - self.max_accuracy_drop
 

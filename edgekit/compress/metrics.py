@@ -2,8 +2,10 @@
 
 * ``accuracy`` (built in): top-1 of the first output against integer labels, in [0, 1]; the budget is
   a maximum drop in percentage points (``--max-accuracy-drop 0.5``).
-* ``fidelity`` (built in, for unlabeled data): mean cosine similarity of the candidate's first output
+* ``fidelity`` (built in, for unlabeled data): mean cosine similarity of the candidate's outputs
   to the source model's on the same samples; the budget is a minimum (``--min-fidelity 0.99``).
+* ``relative-error`` (built in): scored as ``1 − ‖out − ref‖/‖ref‖`` (reported as ``fidelity-relerr``),
+  so the same ``--min-fidelity`` floor reads "at most 1 % relative error" at 0.99.
 * ``module:function(outputs: dict[str, ndarray], labels) -> float`` for anything else (higher is better;
   budget as a maximum drop in the metric's own units × 100, like accuracy).
 """
@@ -63,6 +65,8 @@ def get_metric(name: str, *, labeled: bool, base: Path | None = None) -> Metric:
     """``accuracy`` / ``fidelity`` / ``module:function``; unlabeled data always uses fidelity."""
     if name == "fidelity" or (name == "accuracy" and not labeled):
         return Metric("fidelity", False, lambda o, y, ref: cosine_fidelity(o, ref))
+    if name in ("relative-error", "fidelity-relerr"):
+        return Metric("fidelity-relerr", False, lambda o, y, ref: 1.0 - relative_error(o, ref))
     if name == "accuracy":
         return Metric("accuracy", True, lambda o, y, ref: accuracy(o, y))
     fn = resolve_ref(name, what="metric", search_path=base)

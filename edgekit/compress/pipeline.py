@@ -213,7 +213,7 @@ def write_bundle(ws: Workspace, stage: Stage, *, info: BundleInfo, out_dir: Path
     )
     calib = next((r.params.get("calibration_data_sha256") for r in stage.records if r.name == "quantize"), None)
     task = "classification" if classification else ("other" if ws.data.labeled else "embedding")
-    keep = ("accuracy", "fidelity", "p50_ms", "p95_ms", "size_mb", "params", "macs")
+    keep = ("accuracy", "fidelity", "fidelity-relerr", "p50_ms", "p95_ms", "size_mb", "params", "macs")
     metrics = {k: float(v) for k, v in stage.metrics.items() if k in keep or k == ws.ctx.metric.name}
     metrics["source_" + ws.ctx.metric.name] = float(ws.ctx.baseline)
     manifest = {

@@ -90,7 +90,7 @@ def _plot(r: dict[str, Any], path: Path) -> None:
             ax.scatter(m["p50_ms"], m[metric], marker="*", s=260, c="tab:red", zorder=3, label="chosen")
     ax.axhline(r["baseline"], color="tab:blue", ls="--", lw=0.8, label=f"source {metric}")
     budget = r.get("budget") or {}
-    if metric == "fidelity":
+    if metric.startswith("fidelity"):
         floor = budget.get("min_fidelity")
     else:
         floor = r["baseline"] - budget.get("max_accuracy_drop", 0) / 100.0 if "max_accuracy_drop" in budget else None

@@ -170,3 +170,16 @@ def test_qat_is_tried_only_when_int8_alone_misses(ws):
         assert not _qat_worth_it(ws, Stage("export", src, [], {"accuracy": base - 0.05}), [int8_bad], [object()])
     finally:
         ws.ctx.budget = saved
+
+
+def test_relative_error_fidelity_metric():
+    from edgekit.compress.context import Budget
+    from edgekit.compress.metrics import get_metric
+
+    m = get_metric("relative-error", labeled=True)
+    ref = {"y": np.array([[3.0, 4.0]])}
+    assert m.name == "fidelity-relerr"
+    assert m({"y": np.array([[3.0, 4.0]])}, None, ref) == pytest.approx(1.0)
+    assert m({"y": np.array([[3.0, 4.5]])}, None, ref) == pytest.approx(0.9)  # 0.5 / 5 = 10 % error
+    b = Budget(min_fidelity=0.95)
+    assert not b.quality_ok("fidelity-relerr", 1.0, 0.9) and b.quality_ok("fidelity-relerr", 1.0, 0.96)

@@ -196,7 +196,7 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
     metric = ctx.metric.name
 
     def within(score: float) -> bool:
-        if cfg.max_accuracy_drop is not None and metric != "fidelity":
+        if cfg.max_accuracy_drop is not None and not metric.startswith("fidelity"):
             return (baseline_in - score) * 100 <= cfg.max_accuracy_drop + 1e-9
         ref = ctx.baseline if ctx.baseline is not None else baseline_in
         return ctx.budget.quality_ok(metric, ref, score)
