@@ -97,7 +97,7 @@ def _precisions(ws: Workspace, name: str, exported: list[Stage], space: SearchSp
         try:
             stages = ws.run_chain([cfg], candidate=f"{name}-{label}", start=art)
         except CompressError as exc:
-            ws.ctx.log(f"[yellow]{name}-{label}: {exc}[/yellow]")
+            ws.ctx.warn(f"{name}-{label}: {exc}")
             continue
         for s in stages:
             s.records = [*exported[-1].records, *s.records]
@@ -146,7 +146,7 @@ def run_budget(*, model: ModelSpec, inputs: list[TensorSpec] | None, output_name
             try:
                 stages = ws.run_chain(passes, candidate=name) if passes else []
             except CompressError as exc:
-                ws.ctx.log(f"[yellow]candidate {name} failed: {exc}[/yellow]")
+                ws.ctx.warn(f"candidate {name} failed: {exc}")
                 rows.append({"id": name, "metrics": {}, "violations": [f"failed: {exc}"], "notes": [str(exc)]})
                 advance(1)
                 continue
@@ -212,7 +212,7 @@ def _qat_candidate(ws: Workspace, name: str, passes: list[PassConfig], space: Se
     try:
         stages = ws.run_chain(chain, candidate=f"{name}-qat-int8")
     except CompressError as exc:
-        ws.ctx.log(f"[yellow]{name}-qat-int8: {exc}[/yellow]")
+        ws.ctx.warn(f"{name}-qat-int8: {exc}")
         return [], []
     rows = [row(s, ws) for s in stages[len(passes) - 1:]]
     return rows, [(f"{name}-qat-int8", stages[-1], chain)]

@@ -108,3 +108,7 @@ class PassContext:
     def log(self, message: str) -> None:
         if not self.quiet:
             self.console.print(message, highlight=False)
+
+    def warn(self, message: str) -> None:
+        """Printed even with ``--quiet`` (which only silences progress)."""
+        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)

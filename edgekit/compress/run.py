@@ -47,7 +47,7 @@ def finish(ws: Workspace, *, rows: list[dict], chosen: Stage | None, chosen_id: 
     """Write the reports, then (when something met the budget) the signed, verified bundle."""
     host = _host_note(ws)
     if host["warning"]:
-        ws.ctx.log(f"[yellow]{host['warning']}[/yellow]")
+        ws.ctx.warn(host["warning"])
     report: dict[str, Any] = {
         "target": ws.profile.name, "latency_host": host, "metric": ws.ctx.metric.name, "baseline": ws.ctx.baseline,
         "budget": ws.ctx.budget.model_dump(mode="json"), "rows": rows, "chosen": chosen_id,

@@ -97,7 +97,7 @@ def evaluate_artifact(art: Artifact, ctx: PassContext, *, latency: bool = True,
         try:
             out.update(measure_latency(art, ctx, iterations=iterations, module=module))
         except BackendUnavailableError as exc:
-            ctx.log(f"[yellow]latency not measured: {exc}[/yellow]")
+            ctx.warn(f"latency not measured: {exc}")
     return out
 
 
