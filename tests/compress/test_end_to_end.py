@@ -40,6 +40,13 @@ def test_recipe_builds_a_verified_bundle_with_lineage_and_reports(res_recipe, tm
     assert target["p50_ms"] > 0 and 0 <= target["accuracy"] <= 1 and target["size_mb"] > 0
     golden = vb.golden()
     assert golden.count == 8 and golden.labels is not None and m.tolerance.min_golden_accuracy is not None
+    # The device agent's post-install check accepts it on the target's runtime and thread count.
+    health = pytest.importorskip("devices.agent.health", reason="the device agent (devices/agent) is not present")
+    from edgekit.profiles import load_profile
+    from runtimes.ort import OnnxRuntime
+
+    with OnnxRuntime().load(vb.model_path, load_profile("x86-avx2")) as session:
+        health.golden_check(session, m, golden)
     report = json.loads((out / "report.json").read_text())
     assert [r["id"] for r in report["rows"]] == ["source", "1:prune", "2:export", "3:quantize"]
     assert report["chosen"] == "3:quantize"
