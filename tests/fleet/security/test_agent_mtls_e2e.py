@@ -131,7 +131,7 @@ def test_renewed_certificate_is_used_on_reconnect_without_restarting_the_agent(
     # the device starts with a certificate that expires in a few seconds
     now = dt.datetime.now(dt.timezone.utc)
     short = pki.issue_device("cam-e2e", renew=True, valid_from=now - dt.timedelta(seconds=1),
-                             valid_for=dt.timedelta(seconds=8))
+                             valid_for=dt.timedelta(seconds=12))
     write_public(device_folder.cert, short.cert_pem)
     write_private(device_folder.key, short.key_pem)
 
@@ -162,9 +162,10 @@ def test_renewed_certificate_is_used_on_reconnect_without_restarting_the_agent(
         fleet.close()
 
 
-def test_agent_with_an_expired_certificate_and_no_renewal_cannot_connect(secure_broker, pki, device_folder,
-                                                                        run_agent):
-    """Control for the test above: without the renewal the same reconnect is refused."""
+def test_agent_with_an_expired_certificate_is_refused_until_a_renewal_arrives(secure_broker, pki, device_folder,
+                                                                             run_agent):
+    """Control for the test above (without the renewal the connection is refused), then the renewal is
+    delivered while the agent is cut off: it connects with it, still without a restart."""
     now = dt.datetime.now(dt.timezone.utc)
     old = pki.issue_device("cam-e2e", renew=True, valid_from=now - dt.timedelta(days=2),
                            valid_for=dt.timedelta(days=1))
@@ -178,5 +179,12 @@ def test_agent_with_an_expired_certificate_and_no_renewal_cannot_connect(secure_
         time.sleep(0.5)
         assert fleet.of("cam-e2e", "status") == [] and fleet.of("cam-e2e", "telemetry") == []
         _alive(proc, log)  # the agent keeps retrying; it does not crash
+
+        provision(pki, "cam-e2e", out_dir=device_folder.out_dir, broker_url=f"mqtts://localhost:"
+                  f"{secure_broker.port}", trusted_keys=list(device_folder.trusted_keys.glob("*.pub")), renew=True)
+        _wait(lambda: [s for s in fleet.of("cam-e2e", "status") if s.get("state") == "online"], 20,
+              "the agent to connect with the renewal delivered while it was refused")
+        _wait(lambda: fleet.of("cam-e2e", "telemetry"), 10, "telemetry after the renewal")
+        _alive(proc, log)
     finally:
         fleet.close()
