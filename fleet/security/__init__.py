@@ -25,12 +25,18 @@ How the rest of the fleet uses it
 own clients connect to ``broker.fleet_address`` (loopback 8884) after ``apply_fleet_tls(client, pki)``;
 devices use ``mqtts://<public host>:8883``.
 
-Bundle downloads: when writing a device's desired state, put
-``issue_download_token(secret, device_id=…, bundle=…, version=…, sha256=…)`` into the bundle URL
-(``…/download?token=…``); the download route calls ``verify_download_token(token, secret,
-bundle=…, version=…, device_id=<mTLS CN if known>, sha256=<file's>)`` and answers 403 on
-:class:`~fleet.security.download_token.DownloadTokenError`. The secret comes from
+Bundle downloads: when *publishing* a device's desired state (each publish, re-publishes on birth
+included, so the token is fresh), send ``tokenized_desired(desired, secret)`` instead of ``desired``:
+its bundle URL then carries ``?token=…`` for that device, bound to the bundle's name, version and
+sha256 (:func:`~fleet.security.download_token.tokenized_url` does the same for a bare URL). The download
+route (``fleet/api/routes/bundles.py``) verifies it and answers 403 with the reason on failure; with a
+valid token the device needs no API token. The agent sends ``X-Edgekit-Device: <id>`` (written by
+``provision``), and the route then also requires the token to be that device's. The secret comes from
 ``load_or_create_secret(data_dir / "pki" / "download-token.key")``.
+
+Agent side: the agent resolves the TLS paths of ``agent.yaml`` relative to it, keeps one TLS context and
+reloads a renewed certificate/key pair into it (``devices/agent/mqtt.py``), so ``provision --renew``
+copied onto the device takes effect on the next reconnect without an agent restart.
 """
 
 __all__: list[str] = []
