@@ -13,9 +13,12 @@ set, until the budget holds or ``max_fallback_nodes`` is reached (then the run f
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +67,26 @@ class QuantizeConfig(PassConfig):
     op_types: list[str] | None = None
     #: fail when the budget is still missed after fallback (False: keep the best and note it)
     strict: bool = True
+
+
+@contextlib.contextmanager
+def captured_logs(into: list[str]) -> Iterator[None]:
+    """Collect what onnxruntime's quantization tools log on the root logger (into the pass's notes)
+    instead of letting it interleave with the progress bars."""
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage().strip()
+            if msg and msg not in into:
+                into.append(msg[:300])
+
+    root = logging.getLogger()
+    handler = _Collect(level=logging.WARNING)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 class SampleReader:
@@ -171,6 +194,7 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
     act, wt, per_channel, reduce_range, chosen = _types(cfg, ctx)
     src = art.onnx_path
     notes: list[str] = []
+    logged: list[str] = []
     work = out_dir / "work"
     work.mkdir()
     if cfg.preprocess:
@@ -178,7 +202,8 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
         try:
             from onnxruntime.quantization import quant_pre_process
 
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+            with captured_logs(logged):
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
             src = pre
         except Exception as exc:  # pre-processing is an optimisation; quantize the graph as is
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
@@ -202,7 +227,7 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
         return ctx.budget.quality_ok(metric, ref, score)
 
     def attempt(exclude: list[str], label: str) -> float:
-        with ctx.progress(f"calibrating ({label})", total=len(calib)) as advance:
+        with ctx.progress(f"calibrating ({label})", total=len(calib)) as advance, captured_logs(logged):
             quantize_static_qdq(src, out, calib, names, act_type=act, weight_type=wt, per_channel=per_channel,
                                 reduce_range=reduce_range, method=cfg.calibration, exclude=exclude,
                                 on_batch=advance, op_types=op_types)
@@ -219,7 +244,8 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
         notes.append(f"the float input already misses the quality budget ({metric} {baseline_in:.4f}); "
                      "keeping nodes in float cannot fix that, so no fallback was tried")
     elif not within(score) and cfg.fallback and cfg.max_fallback_nodes > 0:
-        ranked = node_sensitivity(src, out, calib.head(64), names, work)
+        with captured_logs(logged):
+            ranked = node_sensitivity(src, out, calib.head(64), names, work)
         order = [n for n, _ in ranked if n not in exclude]
         limit = min(cfg.max_fallback_nodes, len(order))
         sizes = sorted({min(2**i, limit) for i in range(limit.bit_length() + 1)} - {0})
@@ -243,6 +269,7 @@ def quantize(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
         if cfg.strict:
             raise BudgetError(msg)
         notes.append(msg)
+    notes += [f"onnxruntime: {m}" for m in logged if "pre-process" not in m]
     shutil.rmtree(work, ignore_errors=True)
     proto = load_onnx(out)
     save_onnx(proto, out)
@@ -263,17 +290,20 @@ def _dynamic(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path
     out = out_dir / "model.onnx"
     wt = QuantType.QInt8 if (cfg.weight_type or "int8") == "int8" else QuantType.QUInt8
     per_channel = bool(cfg.per_channel)
+    logged: list[str] = []
     try:
-        quantize_dynamic(str(art.onnx_path), str(out), op_types_to_quantize=cfg.op_types or ["MatMul", "Gemm"],
-                         per_channel=per_channel, reduce_range=bool(cfg.reduce_range), weight_type=wt,
-                         nodes_to_exclude=list(cfg.nodes_to_exclude) or None)
+        with captured_logs(logged):
+            quantize_dynamic(str(art.onnx_path), str(out), op_types_to_quantize=cfg.op_types or ["MatMul", "Gemm"],
+                             per_channel=per_channel, reduce_range=bool(cfg.reduce_range), weight_type=wt,
+                             nodes_to_exclude=list(cfg.nodes_to_exclude) or None)
     except Exception as exc:
         raise CompressError(f"onnxruntime quantize_dynamic failed: {exc}") from exc
     score = ctx.score(predict_onnx(out, ctx.val, threads=ctx.threads))
     new = Artifact.create("onnx", out_dir, ["model.onnx"], list(art.inputs), list(art.outputs),
                           {"format": "onnx", "precision": precision_of(load_onnx(out)), "factory": art.meta.get("factory")})
     return PassOutput(new, params={**cfg.model_dump(), "op_types": cfg.op_types or ["MatMul", "Gemm"]},
-                      metrics={ctx.metric.name: score, "quantize_s": time.perf_counter() - t0})
+                      metrics={ctx.metric.name: score, "quantize_s": time.perf_counter() - t0},
+                      notes=[f"onnxruntime: {m}" for m in logged])
 
 
 def _fp16(art: Artifact, cfg: QuantizeConfig, ctx: PassContext, out_dir: Path, t0: float) -> PassOutput:
