@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             "int8_defaults_speedup": p50[int8] / p50[b],
             "fp32_onnx_speedup": p50[fp32] / p50[b],
             "eager_1thread_speedup": p50["teacher PyTorch eager, 1 thread"] / p50[b],
+            "best_eager_speedup": min(p50[eager], p50["teacher PyTorch eager, 1 thread"]) / p50[b],
             "size_ratio": sizes[fp32] / sizes[b],
             "accuracy_drop_points": (acc[eager] - acc[b]) * 100,
         },
@@ -233,9 +234,9 @@ def _markdown(result, sessions, p50, p95, sizes, acc, checks, b) -> str:
               f"ONNX fp32 {r['fp32_onnx_speedup']:.1f}×, size {r['size_ratio']:.1f}×, "
               f"accuracy drop {r['accuracy_drop_points']:+.2f} points.",
               "",
-              "Eager PyTorch at 2 threads suffers most from a busy host (OpenMP barriers wait on descheduled "
-              "threads), so the 1-thread eager row is given as the teacher's best case: the bundle is "
-              f"{r['eager_1thread_speedup']:.1f}× faster than that too. Accuracy is on the same held-out set "
+              "Eager PyTorch at 2 threads suffers most on a busy host (OpenMP barriers wait on descheduled "
+              "threads), so a 1-thread eager row is measured too; against the faster of the two eager rows "
+              f"the bundle is {r['best_eager_speedup']:.1f}× faster. Accuracy is on the same held-out set "
               "budget mode selected on (no separate test split: digits has 1,797 images).", ""]
     return "\n".join(lines)
 
