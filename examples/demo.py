@@ -454,7 +454,8 @@ class Demo:
             teacher_field = self.teacher_meta["metrics"]["field"]["macro_f1"]
             if "field" in traffic.scores and teacher_field > 0:
                 kept = traffic.scores["field"]["macro_f1"] / teacher_field
-                note(f"deployed bundle keeps {kept:.1%} of the teacher's field macro-F1 ({teacher_field:.4f})")
+                note(f"served field windows: macro-F1 {kept:.1%} of the teacher's on the whole field set "
+                     f"({teacher_field:.4f}); python -m hil.bench_pdm measures both on the same windows")
                 self.results["field_f1_kept"] = kept
         self.finish_background()
         if traffic.sent:

@@ -29,6 +29,7 @@ __all__ = ["main"]
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TEACHER = REPO / "demo-out" / "pdm" / "teacher"
 DEFAULT_OUT = REPO / "demo-out" / "pdm" / "x86-avx2"
+DEFAULT_KEY = REPO / "demo-out" / "keys" / "signing.pub"
 PROFILE = "x86-avx2"
 MIN_F1_KEPT = 0.98
 MIN_SPEEDUP = 10.0
@@ -59,8 +60,9 @@ def _ensure_artifacts(teacher: Path, out: Path, bundle: Path | None) -> Path:
     report = out / "report.json"
     if not report.is_file() or not json.loads(report.read_text()).get("bundle_path"):
         print(f"no bundle in {out}: compressing the teacher for {PROFILE}", flush=True)
+        key = DEFAULT_KEY.with_name("signing.key")
         subprocess.run([edgekit, "compress", "--recipe", str(teacher / f"recipe-{PROFILE}.yaml"), "--out", str(out),
-                        "--quiet"], check=True, cwd=REPO)
+                        *(["--key", str(key)] if key.exists() else []), "--quiet"], check=True, cwd=REPO)
     return Path(json.loads(report.read_text())["bundle_path"])
 
 
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER, help="train_teacher output folder")
     ap.add_argument("--bundle", type=Path, default=None, help="the compressed bundle (default: compress one)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where a missing bundle is compressed to")
+    ap.add_argument("--key", type=Path, default=DEFAULT_KEY,
+                    help="trusted public key for the bundle (default: the demo's; without one only hashes are checked)")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds")
     ap.add_argument("--iterations", type=int, default=100, help="timed runs per side per round")
     ap.add_argument("--per-class", type=int, default=None, help="field windows per class (default: the split's)")
@@ -83,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from edgekit.bundle import verify_bundle
     from edgekit.profiles import load_profile
+    from edgekit.signing import load_public_keys
     from examples.predictive_maintenance.data import make_split, model_inputs
     from examples.predictive_maintenance.model import INPUT_NAMES, macro_f1
     from examples.predictive_maintenance.train_teacher import load_teacher
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     one = {k: np.ascontiguousarray(v[:1]) for k, v in inputs.items()}
 
     with tempfile.TemporaryDirectory() as tmp:
-        vb = verify_bundle(bundle_path, None, Path(tmp))  # hashes checked; the signature is the fleet's job here
+        keys = load_public_keys([args.key]) if args.key and args.key.exists() else None
+        vb = verify_bundle(bundle_path, keys, Path(tmp) / "b", require_signature=keys is not None)
         eager = _EagerSession(teacher, INPUT_NAMES)
         with OnnxRuntime().load(vb.model_path, profile, threads=threads) as session:
             f1_teacher = macro_f1({"logits": _predict(eager.run, inputs)}, field.y)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["INPUT_NAMES", "N_CLASSES", "BearingCNN", "bearing_cnn", "macro_f1"]
+__all__ = ["INPUT_NAMES", "N_CLASSES", "BearingCNN", "BearingStudent", "bearing_cnn", "bearing_student", "macro_f1"]
 
 #: the model's inputs in call order (``data.FEATURES`` after the spectra; a test keeps the two in step)
 INPUT_NAMES = ("spectrum", "rms", "kurtosis", "crest_factor", "band_low", "band_mid", "band_high")
@@ -29,6 +29,15 @@ def _stage(c_in: int, c_out: int, k: int) -> nn.Sequential:
         nn.Conv1d(c_out, c_out, k, padding=k // 2, bias=False), nn.BatchNorm1d(c_out), nn.ReLU(),
         nn.MaxPool1d(2),
     )
+
+
+def _log_features(*feats: torch.Tensor) -> torch.Tensor:
+    """[batch, 6] log-scaled indicators: the levels span decades; kurtosis and crest factor are ≥ 1.
+
+    One Concat + Add + Log in the exported graph (not one Log per input): at batch 1 a small model's
+    latency is mostly per-node overhead.
+    """
+    return torch.log(torch.cat(feats, dim=1) + 1e-4)
 
 
 class BearingCNN(nn.Module):
@@ -53,10 +62,40 @@ class BearingCNN(nn.Module):
     def forward(self, spectrum: torch.Tensor, rms: torch.Tensor, kurtosis: torch.Tensor, crest_factor: torch.Tensor,
                 band_low: torch.Tensor, band_mid: torch.Tensor, band_high: torch.Tensor) -> torch.Tensor:
         z = self.pool(self.stages(spectrum)).flatten(1)
-        feats = torch.cat([torch.log(rms + 1e-4), torch.log(kurtosis), torch.log(crest_factor),
-                           torch.log(band_low + 1e-4), torch.log(band_mid + 1e-4), torch.log(band_high + 1e-4)], dim=1)
-        f = self.feature_mlp(self.feature_norm(feats))
+        f = self.feature_mlp(self.feature_norm(_log_features(rms, kurtosis, crest_factor, band_low, band_mid, band_high)))
         return self.head(torch.cat([z, f], dim=1))
+
+
+class BearingStudent(nn.Module):
+    """The edge student: four convs with aggressive pooling (receptive field ≈ 10 orders, enough to see a
+    defect's harmonic spacing), a small indicator branch, one linear head: few graph nodes, since at
+    batch 1 on a CPU a tiny model's latency is mostly per-node overhead."""
+
+    def __init__(self, width: int = 16, n_classes: int = N_CLASSES):
+        super().__init__()
+        w = width
+        self.convs = nn.Sequential(
+            nn.Conv1d(2, w, 7, padding=3, bias=False), nn.BatchNorm1d(w), nn.ReLU(), nn.MaxPool1d(4),
+            nn.Conv1d(w, 2 * w, 5, padding=2, bias=False), nn.BatchNorm1d(2 * w), nn.ReLU(), nn.MaxPool1d(4),
+            nn.Conv1d(2 * w, 2 * w, 5, padding=2, bias=False), nn.BatchNorm1d(2 * w), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm1d(2 * w), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        # no BatchNorm on the indicators here: a lone BatchNormalization node cannot be folded into a
+        # conv and trips INT8 quantization; the linear layer learns the scaling
+        self.feature_mlp = nn.Sequential(nn.Linear(len(INPUT_NAMES) - 1, 16), nn.ReLU())
+        self.head = nn.Linear(2 * w + 16, n_classes)
+
+    def forward(self, spectrum: torch.Tensor, rms: torch.Tensor, kurtosis: torch.Tensor, crest_factor: torch.Tensor,
+                band_low: torch.Tensor, band_mid: torch.Tensor, band_high: torch.Tensor) -> torch.Tensor:
+        z = self.pool(self.convs(spectrum)).flatten(1)
+        f = self.feature_mlp(_log_features(rms, kurtosis, crest_factor, band_low, band_mid, band_high))
+        return self.head(torch.cat([z, f], dim=1))
+
+
+def bearing_student(width: int = 16, n_classes: int = N_CLASSES) -> BearingStudent:
+    """Factory of the edge student (``model:bearing_student`` in the recipes)."""
+    return BearingStudent(width=width, n_classes=n_classes)
 
 
 def bearing_cnn(width: int = 64, n_classes: int = N_CLASSES) -> BearingCNN:

@@ -58,3 +58,17 @@ def test_bad_arguments_exit_with_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as exc:
         train_teacher.main(["--out", str(tmp_path), "--epochs", "0"])
     assert exc.value.code == 2
+
+
+def test_teacher_and_student_take_the_same_inputs():
+    import torch
+
+    from examples.predictive_maintenance.model import INPUT_NAMES, bearing_cnn, bearing_student
+
+    inputs, _ = train_teacher.split_inputs("val", 1)
+    args = [torch.from_numpy(inputs[k]) for k in INPUT_NAMES]
+    teacher, student = bearing_cnn().eval(), bearing_student().eval()
+    with torch.inference_mode():
+        assert teacher(*args).shape == student(*args).shape == (len(CLASSES), len(CLASSES))
+    n_params = [sum(p.numel() for p in m.parameters()) for m in (teacher, student)]
+    assert n_params[1] * 10 < n_params[0]
