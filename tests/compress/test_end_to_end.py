@@ -133,3 +133,40 @@ def test_unwritable_output_folder_is_a_clear_error(res_recipe, tmp_path, capsys)
     assert _cli(["compress", "--recipe", str(res_recipe), "--out", str(blocker / "out")]) == 1
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err and str(blocker) in err
+
+
+def test_sigterm_during_a_pass_leaves_the_cache_consistent(workdir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    recipe = tmp_path / "slow.yaml"
+    recipe.write_text(
+        "version: 1\n"
+        f"model: {{factory: \"tiny_models:TinyResNet\", checkpoint: {workdir}/res.pt}}\n"
+        "inputs: [{name: image, dtype: float32, shape: [batch, 1, 16, 16]}]\n"
+        f"data: {{source: {workdir}/images.npz}}\n"
+        "passes:\n  - distill: {student: \"tiny_models:TinyResNet\", student_kwargs: {width: 4}, epochs: 500}\n"
+    )
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", "from edgekit.cli import main; main()", "compress", "--recipe",
+                             str(recipe), "--out", str(tmp_path / "out"), "--cache-dir", str(cache), "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(cache.glob(".tmp-*")):  # the distill pass is writing its artifact
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the pass never started"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert not list(cache.glob(".tmp-*")), "the interrupted pass left a temporary folder"
+    assert all((d / "artifact.json").is_file() for d in cache.iterdir())  # only complete entries
