@@ -129,6 +129,7 @@ class Ingest:
         self._writer: threading.Thread | None = None
         self._logged_invalid = 0
         self._epoch = 0
+        self._subscribed = threading.Event()
         #: acknowledge messages only once they are committed (persistent MQTT 5 sessions)
         self._manual_ack = bool(settings.mqtt_v5 and settings.ingest_session_expiry_s)
 
@@ -139,6 +140,12 @@ class Ingest:
             return
         self._epoch += 1  # acknowledgements of messages from an earlier connection are not sent
         client.subscribe(subscriptions(self.settings.shared_group))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        failed = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
+        if failed:
+            log.error("ingest: the broker refused a subscription: %s", failed)
+        self._subscribed.set()
 
     def _on_message(self, client, userdata, message) -> None:
         self._queue.put((message.topic, message.payload, time.time(), message.mid, message.qos, self._epoch))
@@ -244,10 +251,15 @@ class Ingest:
                             client_id=f"edgekit-fleet-ingest-{self.settings.replica_id}" if expiry else None)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._client = client  # before connecting: the writer acknowledges through it from the first batch
         try:
             connect_client(client, self.settings, session_expiry_s=(expiry or None) if v5 else None)
+            # return only once the broker confirmed the subscriptions: from then on nothing is missed
+            if not self._subscribed.wait(10):
+                raise FleetError("the MQTT broker did not confirm the ingest's subscriptions within 10s")
         except FleetError:
+            client.loop_stop()
             self._client = None
             self._queue.put(_STOP)
             self._writer.join()

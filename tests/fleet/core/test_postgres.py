@@ -102,10 +102,11 @@ def test_a_row_postgres_refuses_is_isolated_not_retried_forever(pg, mosquitto, t
             name = "x" * 300 if seq == 2 else "tiny"  # longer than the model_name column allows
             c.publish(wire.topic("pg-9", "telemetry"), wire.encode(wire.Telemetry(
                 device_id="pg-9", seq=seq, model=wire.ModelRef(name=name, version="1"))), qos=1)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while ing.stats.received < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert ing.wait_idle(20), ing.stats.snapshot()
+        assert ing.stats.received == 3, ing.stats.snapshot()
+        assert ing.wait_idle(60), ing.stats.snapshot()
         assert ing.stats.invalid == 1 and ing.stats.stored == 2, ing.stats.snapshot()
     c.loop_stop()
     c.disconnect()
