@@ -48,7 +48,18 @@ class Runtime(Protocol):
 
 
 class SessionBase:
-    """Context-manager plumbing shared by the backends' sessions."""
+    """What the backends' sessions share: the tensor specs and the context-manager plumbing."""
+
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
 
     def close(self) -> None:  # pragma: no cover - overridden where there is something to free
         pass

@@ -43,13 +43,6 @@ class FakeSession(SessionBase):
         self._lock = threading.Lock()
         self.closed = False
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.closed:

@@ -49,13 +49,6 @@ class OrtSession(SessionBase):
         self._out_names = [o.name for o in self._outputs]
         self._validate = validate
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     @property
     def providers(self) -> list[str]:

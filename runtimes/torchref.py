@@ -24,13 +24,6 @@ class TorchSession(SessionBase):
         self._m = module
         self._inputs, self._outputs = inputs, outputs
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

@@ -105,13 +105,6 @@ class TensorRTSession(SessionBase):
         self._inputs, self._outputs = inputs, outputs
         self._lock = threading.Lock()  # one execution context: serialise runs
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = check_inputs(self._inputs, feeds)
