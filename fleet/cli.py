@@ -41,6 +41,13 @@ def up(
     broker_port: int | None = typer.Option(None, "--broker-port", help="Port of the embedded broker (1883)."),
     trusted_key: list[Path] | None = typer.Option(None, "--trusted-key", help="Trusted signing public key(s)."),
     public_url: str | None = typer.Option(None, "--public-url", help="Base URL devices download bundles from."),
+    secure: bool = typer.Option(
+        False, "--secure",
+        help="Zero trust (security: mtls): mTLS broker with per-device ACL and CRL on --broker-tls-port (8883); "
+             "creates the fleet CA on first use. Default: the setting (insecure plain-TCP trial broker).",
+    ),
+    broker_tls_port: int | None = typer.Option(None, "--broker-tls-port", min=1, max=65535,
+                                               help="TLS port devices connect to in secure mode (8883)."),
 ) -> None:
     """Run the fleet manager: broker, ingest, rollouts, HTTP API + dashboard. Ctrl-C stops it."""
     import logging
@@ -50,7 +57,8 @@ def up(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(config, data_dir=data_dir, port=port, host=host, broker_port=broker_port,
-                             trusted_keys=trusted_key or None, public_url=public_url)
+                             trusted_keys=trusted_key or None, public_url=public_url,
+                             security="mtls" if secure else None, broker_tls_port=broker_tls_port)
     serve(settings, announce=typer.echo)
 
 

@@ -119,11 +119,15 @@ class Ingest:
         *,
         stats: IngestStats | None = None,
         on_batch: Callable[[BatchResult], None] | None = None,
+        on_messages: Callable[[list[Message]], None] | None = None,
     ):
+        """``on_batch`` gets what each committed batch stored; ``on_messages`` the committed messages
+        themselves (e.g. to react to device events). Neither hook can stop the ingest."""
         self.settings = settings
         self.database = database
         self.stats = stats or IngestStats()
         self.on_batch = on_batch
+        self.on_messages = on_messages
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
@@ -200,6 +204,11 @@ class Ingest:
                 self.on_batch(res)
             except Exception:  # noqa: BLE001 - a hook must not stop the ingest
                 log.exception("ingest: batch hook failed")
+        if self.on_messages is not None:
+            try:
+                self.on_messages(batch)
+            except Exception:  # noqa: BLE001 - a hook must not stop the ingest
+                log.exception("ingest: message hook failed")
 
     def _run(self) -> None:
         size, flush_s = self.settings.ingest_batch_size, self.settings.ingest_flush_s

@@ -8,6 +8,7 @@ retained, waits for the broker's acknowledgement so the DB outbox flag is only c
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -33,7 +34,8 @@ class DesiredPublisher(Protocol):
 
 def new_client(settings: FleetSettings, role: str, *, client_id: str | None = None, v5: bool = False,
                clean_session: bool = True, manual_ack: bool = False) -> mqtt.Client:
-    """A paho v2 client (MQTT 3.1.1, or 5 with ``v5``) with the configured credentials.
+    """A paho v2 client (MQTT 3.1.1, or 5 with ``v5``) with the configured credentials; with
+    ``security: mtls`` it speaks mutual TLS with the fleet identity from ``{data_dir}/pki``.
 
     Without ``client_id`` the id is unique (``edgekit-fleet-{role}-xxxx``). ``clean_session`` applies to
     MQTT 3.1.1 (MQTT 5 sessions are set at connect time, see :func:`connect_client`).
@@ -52,6 +54,12 @@ def new_client(settings: FleetSettings, role: str, *, client_id: str | None = No
         )
     if settings.broker_username:
         client.username_pw_set(settings.broker_username, settings.broker_password)
+    if settings.secure:
+        # zero trust: present the fleet identity (CN @edgekit-fleet, the ACL's fleet rights), verify the broker
+        from fleet.security.client_tls import apply_fleet_tls
+        from fleet.security.pki import FleetPKI
+
+        apply_fleet_tls(client, FleetPKI.open(settings.pki_dir))
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     return client
 
@@ -85,6 +93,8 @@ def connect_client(client: mqtt.Client, settings: FleetSettings, *, timeout: flo
         kwargs = {"clean_start": False, "properties": props}
     try:
         client.connect(host, port, keepalive=30, **kwargs)
+    except ssl.SSLError as exc:
+        raise FleetError(f"TLS handshake with the MQTT broker at {host}:{port} failed: {exc}") from exc
     except OSError as exc:
         raise FleetError(f"cannot reach the MQTT broker at {host}:{port}: {exc}") from exc
     client.loop_start()

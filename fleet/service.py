@@ -4,6 +4,13 @@
 :class:`FleetService` starts and stops the long-running ones (broker, ingest, ticker) around it, and
 :func:`serve` adds the HTTP API (``fleet.api.create_app``) under uvicorn — that is ``edgekit fleet up``.
 Every start migrates the database first. Nothing here runs at import.
+
+Security modes (``FleetSettings.security``): ``insecure`` runs the plain trial broker (loudly labelled);
+``mtls`` runs :class:`~fleet.security.secure_broker.SecureBroker` (mutual TLS, per-device ACL, CRL; the
+fleet CA is created on the first secure start if ``edgekit fleet ca init`` was not run) and the fleet's
+own clients present the fleet identity on its loopback listener. ``edgekit fleet revoke`` reaches that
+running broker through its pid file (SIGHUP), without a restart. In both modes, every desired state the
+fleet publishes carries a fresh download token for its device (:mod:`fleet.security.download_token`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import contextlib
 import logging
 import signal
 import threading
+import time
+from urllib.parse import urlsplit
 
 from edgekit.errors import FleetError
 from edgekit.signing import PublicKey, load_public_keys
@@ -25,10 +34,15 @@ from fleet.leases import acquire, release
 from fleet.mqtt import DesiredPublisher, MqttDesiredPublisher
 from fleet.registry import BundleRegistry
 from fleet.rollouts.manager import RolloutManager
+from fleet.security.broker_config import INSECURE_BANNER
+from fleet.security.download_token import load_or_create_secret
+from fleet.security.pki import FleetPKI
+from fleet.security.secure_broker import SecureBroker
 from fleet.settings import FleetSettings
-from fleet.store import BatchResult
+from fleet.store import BatchResult, Message
 
-__all__ = ["FleetService", "RolloutTicker", "build_context", "serve", "trusted_keys"]
+__all__ = ["FleetService", "RolloutTicker", "build_context", "download_refused", "open_or_init_pki", "serve",
+           "trusted_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +65,39 @@ def build_context(settings: FleetSettings, publisher: DesiredPublisher, *, datab
     keys = trusted_keys(settings)
     artifacts = ArtifactStore(settings.artifacts, settings.artifact_store)
     registry = BundleRegistry(db, settings.artifacts, keys, settings.public_url or "", artifacts=artifacts)
-    manager = RolloutManager(db, registry, publisher)
+    secret = load_or_create_secret(settings.pki_dir / "download-token.key")
+    manager = RolloutManager(db, registry, publisher, download_secret=secret,
+                             download_token_ttl_s=settings.download_token_ttl_s)
     return FleetContext(settings=settings, database=db, registry=registry, rollouts=manager,
                         publisher=publisher, ingest_stats=stats or IngestStats(), trusted_keys=keys)
+
+
+def open_or_init_pki(settings: FleetSettings) -> FleetPKI:
+    """The fleet CA in ``{data_dir}/pki``; created (with a loud log line) when none exists yet."""
+    root = settings.pki_dir
+    if (root / "ca.key").exists():
+        return FleetPKI.open(root)
+    loopback = ("127.0.0.1", "::1", "localhost")
+    host = urlsplit(settings.public_url or "").hostname
+    names = [host] if host and host not in loopback else []
+    pki = FleetPKI.init(root, server_hostnames=names)
+    log.warning("security: mtls: no fleet CA in %s, so one was created now (CA key mode 0600; broker "
+                "certificate for 127.0.0.1, localhost%s). Provision devices with `edgekit fleet provision`; "
+                "run `edgekit fleet ca init --hostname …` beforehand to choose the broker's host names",
+                root, "".join(", " + n for n in names))
+    return pki
+
+
+#: a download the fleet refused (HTTP 403: expired or otherwise unusable token) as an agent reports it
+_REFUSED_EVENTS = ("ota.download_failed", "ota.failed")
+
+
+def download_refused(message: Message) -> bool:
+    """Whether ``message`` is a device event saying the fleet refused its bundle download (403)."""
+    if message.kind != "events":
+        return False
+    ev = message.payload
+    return getattr(ev, "kind", None) in _REFUSED_EVENTS and "HTTP 403" in (getattr(ev, "message", "") or "")
 
 
 class RolloutTicker:
@@ -112,9 +156,13 @@ class RolloutTicker:
 class FleetService:
     """Start/stop the fleet's long-running parts; ``ctx`` is ready after :meth:`start`."""
 
+    #: at most one token re-issue per device this often (a device refused for another reason must not loop)
+    REISSUE_EVERY_S = 10.0
+
     def __init__(self, settings: FleetSettings):
         self.settings = settings
-        self.broker: EmbeddedBroker | None = None
+        self.broker: EmbeddedBroker | SecureBroker | None = None
+        self._reissued: dict[str, float] = {}
         self.publisher: MqttDesiredPublisher | None = None
         self.ingest: Ingest | None = None
         self.ticker: RolloutTicker | None = None
@@ -126,10 +174,33 @@ class FleetService:
             for device_id in res.births:
                 self.ctx.rollouts.republish(device_id)
 
+    def _on_messages(self, batch: list[Message]) -> None:
+        # a device whose download was refused (its token expired while it was busy or offline) gets its
+        # desired state re-published, which carries a fresh token; rate-limited per device
+        if self.ctx is None:
+            return
+        now = time.monotonic()
+        for m in batch:
+            if download_refused(m) and now - self._reissued.get(m.device_id, -1e9) >= self.REISSUE_EVERY_S:
+                self._reissued[m.device_id] = now
+                log.info("%s: bundle download refused (%s); re-publishing its desired state with a fresh token",
+                         m.device_id, m.payload.message[:200])
+                self.ctx.rollouts.republish(m.device_id)
+
+    def _start_secure_broker(self, s: FleetSettings) -> SecureBroker:
+        pki = open_or_init_pki(s)
+        broker = SecureBroker(pki, s.data_dir / "broker", port=s.broker_tls_port, bind=s.broker_host,
+                              fleet_port=s.broker_fleet_port).start()
+        log.info("started the secure broker (mTLS, per-device ACL, CRL): devices on %s:%d, fleet on %s:%d",
+                 s.broker_host, s.broker_tls_port, *broker.fleet_address)
+        return broker
+
     def start(self) -> FleetContext:
         s = self.settings
         try:
-            if s.broker_url == "embedded":
+            if s.broker_url == "embedded" and s.secure:
+                self.broker = self._start_secure_broker(s)
+            elif s.broker_url == "embedded":
                 self.broker = EmbeddedBroker(s).start()
                 if self.broker.kind == "amqtt":  # the trial broker speaks MQTT 3.1.1 only
                     s = self.settings = s.model_copy(update={"mqtt_v5": False})
@@ -139,7 +210,8 @@ class FleetService:
             if not ctx.trusted_keys:
                 log.warning("no trusted signing keys configured: every bundle upload will be refused "
                             "(set trusted_keys or put *.pub files in %s)", s.data_dir / "trusted-keys")
-            self.ingest = Ingest(s, ctx.database, stats=ctx.ingest_stats, on_batch=self._on_batch).start()
+            self.ingest = Ingest(s, ctx.database, stats=ctx.ingest_stats, on_batch=self._on_batch,
+                                 on_messages=self._on_messages).start()
             if s.rollout_ticker:
                 self.ticker = RolloutTicker(ctx.rollouts, s.tick_interval_s, holder=s.replica_id).start()
             else:
@@ -187,10 +259,16 @@ def serve(settings: FleetSettings, *, announce=print) -> None:
     try:
         token = ensure_admin_token(ctx)
         host, port = settings.broker_address
-        broker = f"{service.broker.kind} on {host}:{port}" if service.broker else settings.broker_url
+        if isinstance(service.broker, SecureBroker):
+            dh, dp = service.broker.device_address
+            broker = f"{service.broker.kind}, devices on {dh}:{dp}, fleet on {host}:{port}"
+        else:
+            broker = f"{service.broker.kind} on {host}:{port}" if service.broker else settings.broker_url
         announce(f"edgekit fleet: API and dashboard on http://{settings.host}:{settings.port} "
                  f"(public URL {settings.public_url}); MQTT broker: {broker}; database: "
                  f"{ctx.database.engine.url.render_as_string(hide_password=True)}")
+        if service.broker is not None and not isinstance(service.broker, SecureBroker):
+            announce(f"WARNING: {INSECURE_BANNER} (`edgekit fleet up --secure` for mTLS)")
         if token:
             announce(f"admin token (shown once, only its hash is stored): {token}")
         if "127.0.0.1" in (settings.public_url or "") and settings.host in ("0.0.0.0", "::"):

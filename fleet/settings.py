@@ -10,7 +10,7 @@ else changes. Any invalid value is one :class:`~edgekit.errors.ConfigError` nami
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
@@ -31,12 +31,25 @@ class FleetSettings(BaseSettings):
     data_dir: Path = Path("fleet-data")
     #: SQLAlchemy URL; default ``sqlite:///{data_dir}/fleet.db``; PostgreSQL: ``postgresql+psycopg://…``
     database_url: str | None = None
-    #: ``embedded`` (start mosquitto, or a Python broker for trials) or ``mqtt://host:port``
+    #: ``insecure``: the embedded broker is plain TCP and anonymous (fleet-in-a-box trials only, loudly
+    #: labelled); ``mtls``: zero trust: the embedded broker is mosquitto with mutual TLS, the per-device ACL
+    #: and the CRL of the fleet CA in ``{data_dir}/pki`` (created on the first secure start if missing),
+    #: and the fleet's own MQTT clients present the fleet identity
+    security: Literal["insecure", "mtls"] = "insecure"
+    #: ``embedded`` (start mosquitto, or a Python broker for trials), ``mqtt://host:port``, or
+    #: ``mqtts://host:port`` (an external mTLS broker; needs ``security: mtls``)
     broker_url: str = "embedded"
     #: TCP port of the broker the fleet starts itself (``broker_url: embedded``)
     broker_port: int = Field(default=1883, ge=1, le=65535)
     #: interface the embedded broker listens on
     broker_host: str = "0.0.0.0"
+    #: ``security: mtls``: TLS port devices connect to (``mqtts://<public host>:8883``)
+    broker_tls_port: int = Field(default=8883, ge=1, le=65535)
+    #: ``security: mtls``: loopback mTLS listener of the fleet's own clients (device client ids are pinned
+    #: to their certificate on ``broker_tls_port``; the fleet's several clients share one identity)
+    broker_fleet_port: int = Field(default=8884, ge=1, le=65535)
+    #: lifetime of the download token put into each published desired state (re-issued on every publish)
+    download_token_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     #: MQTT credentials for an external broker (optional)
     broker_username: str | None = None
     broker_password: str | None = None
@@ -82,8 +95,8 @@ class FleetSettings(BaseSettings):
         if v == "embedded":
             return v
         u = urlparse(v)
-        if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-            raise ValueError("must be 'embedded' or mqtt://HOST[:PORT]")
+        if u.scheme not in ("mqtt", "tcp", "mqtts") or not u.hostname:
+            raise ValueError("must be 'embedded', mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
         return v
 
     @field_validator("database_url")
@@ -105,6 +118,10 @@ class FleetSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive(self) -> FleetSettings:
+        if self.security == "mtls" and self.broker_url == "embedded" and self.broker_fleet_port == self.broker_tls_port:
+            raise ValueError("broker_fleet_port must differ from broker_tls_port")
+        if self.security == "insecure" and self.broker_url.startswith("mqtts://"):
+            raise ValueError("an mqtts:// broker needs security: mtls (the fleet's clients present its identity)")
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.data_dir / 'fleet.db'}"
         if self.artifact_dir is None:
@@ -116,11 +133,22 @@ class FleetSettings(BaseSettings):
 
     @property
     def broker_address(self) -> tuple[str, int]:
-        """``(host, port)`` clients connect to (the embedded broker is reached on loopback)."""
+        """``(host, port)`` the fleet's own clients connect to (the embedded broker is reached on loopback;
+        in ``mtls`` mode on its fleet listener)."""
         if self.broker_url == "embedded":
-            return "127.0.0.1", self.broker_port
+            return "127.0.0.1", self.broker_fleet_port if self.secure else self.broker_port
         u = urlparse(self.broker_url)
-        return u.hostname or "127.0.0.1", u.port or 1883
+        return u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883)
+
+    @property
+    def secure(self) -> bool:
+        """Zero-trust mode (``security: mtls``)."""
+        return self.security == "mtls"
+
+    @property
+    def pki_dir(self) -> Path:
+        """The fleet CA, its CRL, the fleet identity and the download-token secret."""
+        return self.data_dir / "pki"
 
     @property
     def database(self) -> str:

@@ -33,7 +33,7 @@ from edgekit.wire import Desired, GoldenResult, ModelRef, Reported, decode
 from runtimes import Runtime, runtime_for_profile
 
 from .config import OtaConfig
-from .download import Downloader, DownloadError
+from .download import Downloader, DownloadError, redact_url
 from .health import golden_check, warm_up
 from .host import LoadedModel, ModelHost
 from .slots import SlotName, SlotPointer, SlotRecord, SlotStore
@@ -267,9 +267,9 @@ class OtaManager:
             return f"desired state addressed to device {d.device_id!r} arrived at {self.device_id!r}"
         url = d.bundle.url
         if not url.startswith(("http://", "https://")):
-            return f"bundle URL {url!r} is not http(s)"
+            return f"bundle URL {redact_url(url)!r} is not http(s)"
         if self.cfg.allowed_url_prefixes and not url.startswith(tuple(self.cfg.allowed_url_prefixes)):
-            return f"bundle URL {url!r} is not under an allowed prefix (unauthorised source)"
+            return f"bundle URL {redact_url(url)!r} is not under an allowed prefix (unauthorised source)"
         if d.bundle.size > self.cfg.max_bundle_bytes:
             return f"bundle of {d.bundle.size} bytes is over this device's {self.cfg.max_bundle_bytes}-byte limit"
         return None
@@ -350,13 +350,13 @@ class OtaManager:
     def _install(self, d: Desired) -> bool:
         slot = self.slots.inactive(self._read_pointer())
         self._event("ota.accepted", f"installing {d.bundle.name}@{d.bundle.version} into slot {slot}",
-                    rollout_id=d.rollout_id, url=d.bundle.url, generation=d.generation)
+                    rollout_id=d.rollout_id, url=redact_url(d.bundle.url), generation=d.generation)
 
         def fetch(dest: Path) -> None:
             self.downloader.fetch(d.bundle.url, dest, sha256=d.bundle.sha256, size=d.bundle.size)
 
         ok = self._pipeline(fetch, slot, name=d.bundle.name, version=d.bundle.version, sha=d.bundle.sha256,
-                            rollout_id=d.rollout_id, generation=d.generation, source=d.bundle.url)
+                            rollout_id=d.rollout_id, generation=d.generation, source=redact_url(d.bundle.url))
         with self._lock:
             if ok:
                 self._retry_delay = 0.0

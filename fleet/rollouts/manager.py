@@ -17,6 +17,11 @@ broker and they converge when they return (the fleet also re-publishes on their 
 first appear mid-rollout and match the selector join the last wave; after a rollout completed, such new
 devices are given its bundle directly.
 
+Download tokens: with a ``download_secret``, every desired state is *published* with a fresh download
+token for its device in the bundle URL (:func:`fleet.security.download_token.tokenized_desired`); the
+stored desired state never holds one, so each re-publish (a device's birth, a download the fleet refused)
+carries a live token.
+
 The clock and the publisher are injected, so the whole machine is testable without MQTT or HTTP.
 One fleet replica should run the ticker; the API's pause/resume/abort are safe from any thread.
 """
@@ -35,7 +40,7 @@ from pydantic import BaseModel
 from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from edgekit.errors import FleetError, RolloutError
+from edgekit.errors import ConfigError, FleetError, RolloutError
 from edgekit.wire import BundleRef, Desired
 from fleet.db.base import Database
 from fleet.db.models import Device, Event, Rollout, RolloutDevice, RolloutWave
@@ -44,6 +49,7 @@ from fleet.mqtt import DesiredPublisher
 from fleet.registry import BundleNotFoundError, BundleRegistry, parse_bundle_ref
 from fleet.rollouts.gates import evaluate_gate
 from fleet.rollouts.spec import RolloutSpec, wave_sizes
+from fleet.security.download_token import DEFAULT_TTL_S, tokenized_desired
 from fleet.selectors import parse_selector
 
 __all__ = ["ACTIVE_STATES", "FINAL_STATES", "RolloutManager", "RolloutStatus", "WaveStatus"]
@@ -117,11 +123,16 @@ class RolloutManager:
         publisher: DesiredPublisher,
         *,
         clock: Callable[[], datetime] = _utcnow,
+        download_secret: bytes | None = None,
+        download_token_ttl_s: int = DEFAULT_TTL_S,
     ):
+        """``download_secret``: put a download token for each device into the URLs it is sent."""
         self.database = database
         self.registry = registry
         self.publisher = publisher
         self.clock = clock
+        self.download_secret = download_secret
+        self.download_token_ttl_s = download_token_ttl_s
         self._lock = threading.RLock()
         self._refs: dict[tuple[str, str], BundleRef] = {}
         #: device rows preloaded for the rollout being advanced (cleared after each)
@@ -530,7 +541,7 @@ class RolloutManager:
         done: list[tuple[str, int]] = []
         for device_id, payload, generation in pending:
             try:
-                desired = Desired.model_validate(payload) if payload else None
+                desired = self._outgoing(Desired.model_validate(payload)) if payload else None
                 self.publisher.publish(device_id, desired)
             except FleetError as exc:
                 log.warning("desired state of %s not published yet: %s", device_id, exc)
@@ -539,6 +550,16 @@ class RolloutManager:
             sent += 1
         self._mark_published(done)
         return sent
+
+    def _outgoing(self, desired: Desired) -> Desired:
+        """What goes on the wire: the stored desired state with a fresh download token for its device."""
+        if self.download_secret is None:
+            return desired
+        try:
+            return tokenized_desired(desired, self.download_secret, ttl_s=self.download_token_ttl_s)
+        except ConfigError as exc:  # e.g. a bundle name the token format refuses: publish it without
+            log.warning("desired state of %s goes out without a download token: %s", desired.device_id, exc)
+            return desired
 
     def _mark_published(self, done: list[tuple[str, int]]) -> None:
         """Clear the outbox flag of these devices, unless their desired state changed meanwhile."""
@@ -555,7 +576,7 @@ class RolloutManager:
     def _flush_pipelined(self, many, pending: list[tuple[str, dict | None, int]]) -> int:
         acked_total = 0
         for part in chunked(pending, 1000):
-            items = [(d, Desired.model_validate(p) if p else None) for d, p, _ in part]
+            items = [(d, self._outgoing(Desired.model_validate(p)) if p else None) for d, p, _ in part]
             try:
                 acked = many(items)
             except FleetError as exc:

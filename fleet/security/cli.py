@@ -144,7 +144,7 @@ def provision_cmd(
     tags: str = typer.Option("", "--tags", help="Comma-separated device tags (e.g. site=lab,canary)."),
     renew: bool = typer.Option(False, "--renew", help="Issue an overlapping new certificate for a device."),
     broker_url: str | None = typer.Option(None, "--broker-url", help="mqtts:// URL devices use (default: "
-                                          "the fleet's public host, port 8883)."),
+                                          "the fleet's public host, port broker_tls_port: 8883)."),
     fleet_url: str | None = typer.Option(None, "--fleet-url", help="Fleet API URL (default: settings public_url)."),
     trusted_key: list[Path] = typer.Option(
         [], "--trusted-key", help="Bundle-signing public key or folder (default: the fleet's trusted keys)."
@@ -168,7 +168,7 @@ def provision_cmd(
         pki = FleetPKI.open(_pki_dir(s))
         if broker_url is None:
             host = urlsplit(s.public_url or "").hostname or "127.0.0.1"
-            broker_url = f"mqtts://{host}:8883"
+            broker_url = f"mqtts://{host}:{s.broker_tls_port}"
         keys = list(trusted_key)
         if not keys:
             ring = _keyring(s)

@@ -13,6 +13,7 @@ Devices connect to ``mqtts://<public host>:8883``; the fleet's clients to the lo
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -48,6 +49,16 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: have Linux SIGTERM the broker when its parent dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() still terminates it on a clean exit
 
 
 def _connect_host(bind: str) -> str:
@@ -130,7 +141,8 @@ class SecureBroker:
             log_dest=f"file {self.log}",
         )
         self._proc = subprocess.Popen(
-            [binary, "-c", str(self.files.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [binary, "-c", str(self.files.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         addresses = [self.device_address] + ([self.fleet_address] if self.fleet_port is not None else [])
         deadline = time.monotonic() + timeout

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -17,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgekit import wire
 from fleet.broker import find_mosquitto
+from fleet.security.download_token import verify_download_token
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from servers import free_port, wait_port  # noqa: E402
@@ -118,7 +120,13 @@ def test_fleet_up_push_devices_rollout(fleet_up, bundles, tmp_path):
     while time.monotonic() < deadline and not got:
         time.sleep(0.2)
     assert got and got[-1].bundle.version == "2.0.0" and got[-1].rollout_id == rid
-    assert got[-1].bundle.url.endswith("/api/v1/bundles/tiny/2.0.0/download")
+    url = urlsplit(got[-1].bundle.url)
+    assert url.path.endswith("/api/v1/bundles/tiny/2.0.0/download")
+    # published with a download token for this device (the stored desired state holds none)
+    secret = (fleet_up["data"] / "pki" / "download-token.key").read_bytes()
+    claims = verify_download_token(parse_qs(url.query)["token"][0], secret, bundle="tiny", version="2.0.0",
+                                   device_id="cam-1")
+    assert claims.sha256 == got[-1].bundle.sha256
 
     # the device installs it and reports; the rollout completes after the soak
     dev.publish(wire.topic("cam-1", "reported"), wire.encode(wire.Reported(
@@ -172,6 +180,8 @@ def test_only_the_first_start_prints_an_admin_token(tmp_path):
         outputs.append("".join(lines))
         assert proc.returncode == 0, outputs[-1]
     assert "admin token (shown once" in outputs[0]
+    assert "INSECURE BROKER" in outputs[0] and "for local trials only" in outputs[0].lower()
+    assert "INSECURE BROKER" in (data / "broker" / "mosquitto.conf").read_text()
     assert "admin token" not in outputs[1] and "edgekit fleet: API" in outputs[1]
     assert "no trusted signing keys configured" in outputs[0], "a fleet that refuses every upload says so"
 
