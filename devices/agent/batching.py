@@ -8,6 +8,7 @@ request of it is retried alone so one bad request never fails its neighbours.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -20,6 +21,8 @@ import numpy as np
 from edgekit.errors import AgentError
 
 __all__ = ["DynamicBatcher", "RunFn"]
+
+log = logging.getLogger(__name__)
 
 #: runs the model on merged feeds; returns (an opaque tag for the model that answered, outputs)
 RunFn = Callable[[Mapping[str, np.ndarray]], tuple[object, dict[str, np.ndarray]]]
@@ -115,8 +118,17 @@ class DynamicBatcher:
                     break
                 pending.append(item)
                 rows += max(item.rows, 1)
-            for group in self._groups(pending):
-                self._execute(group)
+            # Claim each future before running it: one cancelled by its caller in the meantime is
+            # dropped here, and a claimed one can no longer be cancelled under our feet.
+            live = [it for it in pending if it.future.set_running_or_notify_cancel()]
+            for group in self._groups(live):
+                try:
+                    self._execute(group)
+                except Exception as exc:  # noqa: BLE001 - the batcher thread must outlive any one batch
+                    log.exception("batch of %d request(s) failed unexpectedly; the batcher keeps running", len(group))
+                    for it in group:
+                        if not it.future.done():
+                            it.future.set_exception(AgentError(f"batch failed: {exc}"))
 
     def _groups(self, items: list[_Item]) -> list[list[_Item]]:
         groups: dict[tuple, list[list[_Item]]] = {}
@@ -148,18 +160,15 @@ class DynamicBatcher:
         start = 0
         for it in group:
             end = start + it.rows
-            if not it.future.cancelled():
-                it.future.set_result((tag, {k: v[start:end] for k, v in outputs.items()}))
+            it.future.set_result((tag, {k: v[start:end] for k, v in outputs.items()}))
             start = end
 
     def _run_one(self, it: _Item) -> None:
         try:
             result = self._run(it.feeds)
         except BaseException as exc:  # noqa: BLE001 - delivered to the caller through the future
-            if not it.future.cancelled():
-                it.future.set_exception(exc)
+            it.future.set_exception(exc)
             return
         if self._on_batch:
             self._on_batch(max(it.rows, 1))
-        if not it.future.cancelled():
-            it.future.set_result(result)
+        it.future.set_result(result)

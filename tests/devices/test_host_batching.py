@@ -117,3 +117,30 @@ def test_stopped_batcher_fails_waiting_requests_instead_of_hanging():
         except Exception:  # noqa: BLE001
             pass
     assert all(f.done() for f in futs) and done < 5
+
+
+def test_batcher_survives_cancelled_requests_and_a_failing_callback():
+    """A caller that gives up, or a metrics callback that raises, never kills the batcher thread."""
+    host = ModelHost()
+    host.swap(fake_model(latency_ms=30))
+    calls = []
+
+    def flaky_callback(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 1:
+            raise RuntimeError("metrics backend hiccup")
+
+    b = DynamicBatcher(host.run, max_batch=4, max_delay_ms=5, on_batch=flaky_callback).start()
+    try:
+        blocker = b.submit({"input": _rows(1, 0)})  # occupies the thread while the next ones queue
+        time.sleep(0.01)
+        doomed = [b.submit({"input": _rows(1, i)}) for i in range(3)]
+        assert all(f.cancel() for f in doomed), "queued futures can still be cancelled"
+        with pytest.raises(Exception, match="metrics backend hiccup"):
+            blocker.result(5)
+        after = b.submit({"input": _rows(2, 7)})
+        _, out = after.result(5)
+        assert out["output"].shape == (2, 3)
+        assert b.alive
+    finally:
+        b.stop()
