@@ -2,7 +2,9 @@
 
 Every payload is JSON validated by the pydantic models here, shared by the device agent (publisher)
 and the fleet manager (subscriber). Each model carries ``v`` (payload version) so both sides can
-evolve; unknown fields are ignored on read so a newer agent can talk to an older fleet. Telemetry and
+evolve; unknown fields are ignored on read so a newer agent can talk to an older fleet. String fields
+are bounded to the widths the fleet stores (names 128, versions and ids 64), so an over-long value is a
+rejected payload on every database alike, never a silent truncation or a row PostgreSQL refuses. Telemetry and
 events carry a per-device sequence number ``seq`` (one counter per device across both streams) so
 gaps and replays from a device's spool are visible and de-duplicated.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -86,20 +88,25 @@ class _Payload(BaseModel):
     ts: datetime = Field(default_factory=_now)
 
 
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+Short = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class ModelRef(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    name: str
-    version: str
+    name: Name
+    version: Short
 
 
 class Status(_Payload):
     """Retained birth (``online``) and last-will death (``offline``) of a device."""
 
     state: Literal["online", "offline"]
-    agent_version: str | None = None
-    profile: str | None = None
+    agent_version: Short | None = None
+    profile: Short | None = None
     model: ModelRef | None = None
-    tags: list[str] = Field(default_factory=list)
+    #: ``key=value`` or plain labels; ``group=NAME`` sets the device's group
+    tags: list[Short] = Field(default_factory=list, max_length=64)
 
 
 class LatencyStats(BaseModel):
@@ -135,8 +142,12 @@ class Telemetry(_Payload):
     replayed: bool = False
     interval_s: float = Field(default=10.0, gt=0)
     model: ModelRef | None = None
+    #: requests the model answered or failed on (client errors excluded)
     requests: int = Field(default=0, ge=0)
+    #: requests that failed on the device's side (runtime/model failures): what rollout gates judge
     errors: int = Field(default=0, ge=0)
+    #: requests refused as malformed (4xx): the caller's fault, not in ``requests``/``latency``
+    client_errors: int = Field(default=0, ge=0)
     latency: LatencyStats = Field(default_factory=LatencyStats)
     queue_depth: int = Field(default=0, ge=0)
     cpu_percent: float | None = None
@@ -155,14 +166,14 @@ class Event(_Payload):
     kind: str = Field(min_length=1, max_length=64)  # e.g. "ota.download", "ota.rollback", "desired.rejected"
     level: Literal["debug", "info", "warning", "error"] = "info"
     message: str = ""
-    rollout_id: str | None = None
+    rollout_id: Short | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
 
 class BundleRef(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    name: str
-    version: str
+    name: Name
+    version: Short
     url: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)
@@ -172,7 +183,7 @@ class Desired(_Payload):
     """Retained desired state, written by the fleet manager; the agent converges to it."""
 
     bundle: BundleRef
-    rollout_id: str | None = None
+    rollout_id: Short | None = None
     generation: int = Field(default=0, ge=0)
 
 
@@ -191,7 +202,7 @@ class Reported(_Payload):
     ota_state: Literal[
         "idle", "downloading", "verifying", "loading", "checking", "soaking", "installed", "failed", "rolled_back"
     ] = "idle"
-    rollout_id: str | None = None
+    rollout_id: Short | None = None
     generation: int = 0
     golden: GoldenResult | None = None
     last_error: str | None = None

@@ -21,31 +21,42 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class IntervalStats:
-    """Requests, errors and latency percentiles since the last :meth:`take` (bounded memory)."""
+    """Requests, errors and latency percentiles since the last :meth:`take` (bounded memory).
+
+    Requests refused as malformed (``client_error``) are counted apart: they say nothing about the
+    model, so they stay out of ``requests``, ``errors`` and the latency percentiles that rollout gates
+    judge a model by.
+    """
 
     def __init__(self, max_samples: int = 20_000):
         self._lock = threading.Lock()
         self._lat: deque[float] = deque(maxlen=max_samples)
         self.requests = 0
         self.errors = 0
+        self.client_errors = 0
 
-    def observe(self, latency_s: float, ok: bool) -> None:
+    def observe(self, latency_s: float, outcome: str) -> None:
         with self._lock:
+            if outcome == "client_error":
+                self.client_errors += 1
+                return
             self.requests += 1
-            if not ok:
+            if outcome != "ok":
                 self.errors += 1
             self._lat.append(latency_s)
 
-    def take(self) -> tuple[int, int, LatencyStats]:
+    def take(self) -> tuple[int, int, int, LatencyStats]:
+        """``(requests, errors, client_errors, latency)`` of the interval, then reset."""
         with self._lock:
-            lat, req, err = np.fromiter(self._lat, dtype=np.float64), self.requests, self.errors
+            lat = np.fromiter(self._lat, dtype=np.float64)
+            req, err, client = self.requests, self.errors, self.client_errors
             self._lat.clear()
-            self.requests = self.errors = 0
+            self.requests = self.errors = self.client_errors = 0
         if lat.size == 0:
-            return req, err, LatencyStats()
+            return req, err, client, LatencyStats()
         p50, p95, p99 = np.percentile(lat * 1000, [50, 95, 99])
-        return req, err, LatencyStats(p50_ms=float(p50), p95_ms=float(p95), p99_ms=float(p99),
-                                      mean_ms=float(lat.mean() * 1000))
+        return req, err, client, LatencyStats(p50_ms=float(p50), p95_ms=float(p95), p99_ms=float(p99),
+                                              mean_ms=float(lat.mean() * 1000))
 
 
 class AgentMetrics:
@@ -78,7 +89,7 @@ class AgentMetrics:
             self.latency.labels(model).observe(latency_s)
         else:
             self.errors.labels(outcome).inc()
-        self.interval.observe(latency_s, outcome == "ok")
+        self.interval.observe(latency_s, outcome)
 
     def set_model(self, name: str | None, version: str | None) -> None:
         if self._model_labels is not None:

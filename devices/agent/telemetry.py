@@ -42,7 +42,7 @@ class TelemetryBuilder:
 
     def take(self) -> dict:
         """The interval's values (everything but ``seq``), reset for the next interval."""
-        requests, errors, latency = self.metrics.interval.take()
+        requests, errors, client_errors, latency = self.metrics.interval.take()
         model = self.host.current
         return {
             "device_id": self.device_id,
@@ -50,6 +50,7 @@ class TelemetryBuilder:
             "model": ModelRef(name=model.name, version=model.version) if model else None,
             "requests": requests,
             "errors": errors,
+            "client_errors": client_errors,
             "latency": latency,
             "queue_depth": int(self.queue_depth()),
             "cpu_percent": float(psutil.cpu_percent(interval=None)),

@@ -222,3 +222,20 @@ def test_chunked_body_over_the_limit_is_413():
 
     r = c.post("/v2/models/fake/infer", content=chunks())
     assert r.status_code == 413
+
+
+def test_malformed_requests_are_client_errors_not_model_errors():
+    """Rollout gates judge a model by ``errors``/``requests``: a misbehaving caller must not count."""
+    from agent_fakes import fake_manifest
+
+    from devices.agent.host import LoadedModel
+    from runtimes.fake import FakeSession
+
+    c, svc = _client(LoadedModel(fake_manifest(), FakeSession(fail_every=3), runtime="fake"))
+    for _ in range(4):
+        assert c.post("/v2/models/fake/infer", content=b"{not json").status_code == 400
+    codes = [c.post("/v2/models/fake/infer", json=_req()).status_code for _ in range(3)]
+    assert codes == [200, 200, 500]
+    requests, errors, client_errors, latency = svc.metrics.interval.take()
+    assert (requests, errors, client_errors) == (3, 1, 4)
+    assert latency.p50_ms is not None

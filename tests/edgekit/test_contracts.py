@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 
 import pytest
@@ -114,3 +115,16 @@ def test_wire_topics_and_payloads():
         wire.decode("status", b'{"v": 2, "device_id": "cam-1", "state": "online"}')
     # a newer agent's extra fields are ignored by an older reader
     assert wire.decode("status", b'{"device_id": "d", "state": "online", "future": 1}').state == "online"
+
+
+def test_wire_strings_are_bounded_like_the_fleet_columns():
+    """An over-long value is a rejected payload on every database, not a row PostgreSQL refuses."""
+    ok = {"device_id": "d", "state": "online", "agent_version": "1" * 64, "tags": ["group=" + "g" * 58]}
+    assert wire.decode("status", json.dumps(ok)).agent_version == "1" * 64
+    for field, value in (("agent_version", "1" * 65), ("profile", "p" * 65), ("tags", ["t" * 65])):
+        with pytest.raises(WireError, match=field):
+            wire.decode("status", json.dumps(ok | {field: value}))
+    with pytest.raises(WireError, match="rollout_id"):
+        wire.decode("events", json.dumps({"device_id": "d", "seq": 1, "kind": "x", "rollout_id": "r" * 65}))
+    t = wire.decode("telemetry", b'{"device_id": "d", "seq": 1, "requests": 3, "errors": 1, "client_errors": 7}')
+    assert (t.requests, t.errors, t.client_errors) == (3, 1, 7)
