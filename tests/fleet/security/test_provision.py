@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import stat
 import threading
 
@@ -55,9 +56,7 @@ def test_provision_writes_key_0600_cert_ca_keys_and_config(pki, pub, tmp_path):
 
 
 def test_config_is_accepted_by_the_agents_own_settings(pki, pub, tmp_path):
-    agent_config = pytest.importorskip(
-        "devices.agent.config", reason="devices.agent.config (device-agent workstream) not importable"
-    )
+    agent_config = importlib.import_module("devices.agent.config")
     r = provision(pki, "cam-2", out_dir=tmp_path / "d", broker_url=BROKER, fleet_url=FLEET,
                   trusted_keys=[pub], tags=["a"], install_dir=tmp_path / "etc-edgekit")
     cfg = agent_config.load_config(r.config)
@@ -69,9 +68,7 @@ def test_config_is_accepted_by_the_agents_own_settings(pki, pub, tmp_path):
 def test_default_relative_config_resolves_wherever_the_folder_is_copied(pki, pub, tmp_path):
     import shutil
 
-    agent_config = pytest.importorskip(
-        "devices.agent.config", reason="devices.agent.config (device-agent workstream) not importable"
-    )
+    agent_config = importlib.import_module("devices.agent.config")
     r = provision(pki, "cam-4", out_dir=tmp_path / "made-here", broker_url=BROKER, fleet_url=FLEET,
                   trusted_keys=[pub])
     moved = tmp_path / "on-device" / "etc"
@@ -143,9 +140,9 @@ def test_trusted_key_that_is_not_a_key_is_refused(pki, tmp_path):
 @pytest.mark.integration
 def test_the_agents_mqtt_link_connects_with_a_provisioned_folder(secure_broker, pki, pub, tmp_path):
     """End to end: provision → the agent's own config loader and MQTT link → the fleet sees its birth."""
-    agent_config = pytest.importorskip("devices.agent.config", reason="devices.agent.config not importable")
-    agent_mqtt = pytest.importorskip("devices.agent.mqtt", reason="devices.agent.mqtt not importable")
-    agent_spool = pytest.importorskip("devices.agent.spool", reason="devices.agent.spool not importable")
+    agent_config = importlib.import_module("devices.agent.config")
+    agent_mqtt = importlib.import_module("devices.agent.mqtt")
+    agent_spool = importlib.import_module("devices.agent.spool")
     fleet = connect(secure_broker, Identity(pki.fleet_cert_path, pki.fleet_key_path, pki.ca_cert_path), "fleet")
     assert not isinstance(fleet, str), fleet
     fleet.subscribe("$share/edgekit-fleet/edgekit/v1/+/status")
