@@ -260,8 +260,8 @@ def serve(settings: FleetSettings, *, announce=print) -> None:
         token = ensure_admin_token(ctx)
         host, port = settings.broker_address
         if isinstance(service.broker, SecureBroker):
-            dh, dp = service.broker.device_address
-            broker = f"{service.broker.kind}, devices on {dh}:{dp}, fleet on {host}:{port}"
+            broker = (f"{service.broker.kind}, devices on {settings.broker_host}:{settings.broker_tls_port}, "
+                      f"fleet on {host}:{port}")
         else:
             broker = f"{service.broker.kind} on {host}:{port}" if service.broker else settings.broker_url
         announce(f"edgekit fleet: API and dashboard on http://{settings.host}:{settings.port} "
