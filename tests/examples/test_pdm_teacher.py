@@ -24,7 +24,7 @@ def test_checked_in_recipes_validate_against_the_compress_schema(name):
     assert recipe.labels == list(CLASSES)
     wider = parse_recipe(train_teacher.render_recipe((HERE / name).read_text(), width=48), name)
     assert wider.model.kwargs == {"width": 48}  # the teacher's width, and only the teacher's
-    assert wider.passes[0].student_kwargs == recipe.passes[0].student_kwargs == {"width": 24}
+    assert wider.passes[0].student_kwargs == recipe.passes[0].student_kwargs == {"width": 32}
     quick = parse_recipe(train_teacher.render_recipe((HERE / name).read_text(), width=16, quick=True), name)
     assert quick.model.kwargs == {"width": 16}
     assert quick.budget.max_accuracy_drop == 100
