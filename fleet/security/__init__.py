@@ -20,13 +20,19 @@ One module per job:
 
 How the rest of the fleet uses it
 ---------------------------------
-``fleet up`` in secure mode (a CA exists in ``{data_dir}/pki``): instead of the plain trial broker,
-``broker = SecureBroker(FleetPKI.open(data_dir / "pki"), data_dir / "broker").start()``; the fleet's
-own clients connect to ``broker.fleet_address`` (loopback 8884) after ``apply_fleet_tls(client, pki)``;
-devices use ``mqtts://<public host>:8883``.
+``edgekit fleet up --secure`` (or ``security: mtls`` in the YAML / ``EDGEKIT_FLEET_SECURITY=mtls``):
+:class:`fleet.service.FleetService` opens the CA in ``{data_dir}/pki`` (creating it, with a loud log
+line, when ``edgekit fleet ca init`` was not run) and starts
+``SecureBroker(pki, data_dir / "broker", port=broker_tls_port, fleet_port=broker_fleet_port)`` instead of
+the plain trial broker; the fleet's own clients (``fleet.mqtt.new_client``: ingest, desired publisher)
+call ``apply_fleet_tls`` and connect to the loopback fleet listener; devices use
+``mqtts://<public host>:8883``. ``edgekit fleet revoke`` finds the running broker through its pid file
+and reloads it (SIGHUP). The default ``security: insecure`` keeps the plain trial broker, whose config
+and log carry ``INSECURE_BANNER``.
 
-Bundle downloads: when *publishing* a device's desired state (each publish, re-publishes on birth
-included, so the token is fresh), send ``tokenized_desired(desired, secret)`` instead of ``desired``:
+Bundle downloads: the rollout manager (``fleet/rollouts/manager.py``), when *publishing* a device's desired
+state (each publish, re-publishes on birth and after a download the fleet refused with 403 included, so
+the token is fresh), sends ``tokenized_desired(desired, secret)`` instead of ``desired``:
 its bundle URL then carries ``?token=…`` for that device, bound to the bundle's name, version and
 sha256 (:func:`~fleet.security.download_token.tokenized_url` does the same for a bare URL). The download
 route (``fleet/api/routes/bundles.py``) verifies it and answers 403 with the reason on failure; with a

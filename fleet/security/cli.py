@@ -74,12 +74,16 @@ def ca_init(
     hostname: list[str] = typer.Option(
         [], "--hostname", help="Extra broker host name / IP for its certificate (repeatable)."
     ),
-    broker_port: int = typer.Option(8883, "--broker-port", min=1, max=65535, help="TLS port of the secure broker."),
-    broker_bind: str = typer.Option("0.0.0.0", "--broker-bind", help="Interface the secure broker listens on."),
-    fleet_port: int = typer.Option(
-        8884, "--fleet-port", min=0, max=65535,
+    broker_port: int | None = typer.Option(
+        None, "--broker-port", min=1, max=65535, help="TLS port of the secure broker (default: settings "
+        "broker_tls_port, 8883)."),
+    broker_bind: str | None = typer.Option(
+        None, "--broker-bind", help="Interface the secure broker listens on (default: settings broker_host)."),
+    fleet_port: int | None = typer.Option(
+        None, "--fleet-port", min=0, max=65535,
         help="mTLS listener for the fleet manager's own clients (device client ids are then pinned to their "
-             "certificate on --broker-port); 0: one shared listener, ids not pinned.",
+             "certificate on --broker-port; default: settings broker_fleet_port, 8884); 0: one shared listener, "
+             "ids not pinned (a standalone broker only: `fleet up --secure` always uses the fleet listener).",
     ),
     fleet_bind: str = typer.Option("127.0.0.1", "--fleet-bind", help="Interface of the fleet listener."),
     force: bool = typer.Option(False, "--force", help="Replace an existing CA (every issued certificate dies)."),
@@ -100,8 +104,9 @@ def ca_init(
         if public_host and public_host not in names and public_host not in loopback:
             names.append(public_host)  # the host name devices were told to use
         pki = FleetPKI.init(_pki_dir(s), server_hostnames=names, overwrite=force)
+        fleet_port = s.broker_fleet_port if fleet_port is None else fleet_port
         files = write_secure_broker(
-            pki, _broker_dir(s), port=broker_port, bind=broker_bind,
+            pki, _broker_dir(s), port=broker_port or s.broker_tls_port, bind=broker_bind or s.broker_host,
             fleet_port=fleet_port or None, fleet_bind=fleet_bind,
         )
         typer.echo(f"fleet CA created in {pki.root} (private key {pki.ca_key_path}, mode 0600)")
