@@ -152,6 +152,8 @@ def test_secure_fleet_up_provision_rollout_revoke(secure_fleet, run_agent, tiny_
              "--soak", "1s", "--json", env=env)
     assert r.returncode == 0, r.stderr
     rid = json.loads(r.stdout)["id"]
+    # without a token (and the device has no API token) the bundle is not served: the token is what opens it
+    assert httpx.get(f"http://127.0.0.1:{f['port']}/api/v1/bundles/tiny/1.0.0/download").status_code == 401
     try:
         _wait(lambda: (d := device()) and d["active"] == {"name": "tiny", "version": "1.0.0"}
               and d["ota_state"] in ("installed", "idle"), 40, "cam-z to install tiny@1.0.0")
