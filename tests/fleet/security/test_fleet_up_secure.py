@@ -177,3 +177,33 @@ def test_secure_fleet_up_provision_rollout_revoke(secure_fleet, run_agent, tiny_
     assert f["proc"].poll() is None and agent.poll() is None, "revocation is neither a fleet nor an agent crash"
     assert api.get("/healthz").status_code == 200
     api.close()
+
+
+def test_secure_service_restarts_on_its_existing_ca(tmp_path, caplog):
+    """In-process FleetService: the second secure start reuses the CA (no new one is announced) and its
+    own clients connect again with the fleet identity (clients without one: ``test_secure_broker.py``)."""
+    import logging
+
+    from fleet.security.pki import FleetPKI
+    from fleet.service import FleetService
+    from fleet.settings import load_settings
+
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto binary not installed (apt-get install mosquitto)")
+    settings = load_settings(data_dir=tmp_path / "fleet", security="mtls", broker_tls_port=free_port(),
+                             broker_fleet_port=free_port(), port=free_port(), tick_interval_s=0.5)
+    serials = []
+    for start in range(2):
+        caplog.clear()
+        service = FleetService(settings)
+        with caplog.at_level(logging.WARNING, logger="fleet"):
+            service.start()
+        try:
+            created = "was created now" in caplog.text
+            assert created == (start == 0), caplog.text
+            assert "INSECURE" not in caplog.text
+            assert service.ingest is not None and service.publisher is not None
+            serials.append(FleetPKI.open(settings.pki_dir).ca_cert.serial_number)
+        finally:
+            service.stop()
+    assert serials[0] == serials[1], "the second start must reuse the fleet CA"
