@@ -99,7 +99,9 @@ def test_a_row_postgres_refuses_is_isolated_not_retried_forever(pg, mosquitto, t
     c.loop_start()
     with Ingest(settings, pg) as ing:
         for seq in (1, 2, 3):
-            name = "x" * 300 if seq == 2 else "tiny"  # longer than the model_name column allows
+            # a NUL byte: valid JSON and wire (strings there are bounded like the columns), but PostgreSQL
+            # refuses it in a text column
+            name = "ti\x00ny" if seq == 2 else "tiny"
             c.publish(wire.topic("pg-9", "telemetry"), wire.encode(wire.Telemetry(
                 device_id="pg-9", seq=seq, model=wire.ModelRef(name=name, version="1"))), qos=1)
         deadline = time.monotonic() + 60
@@ -108,6 +110,7 @@ def test_a_row_postgres_refuses_is_isolated_not_retried_forever(pg, mosquitto, t
         assert ing.stats.received == 3, ing.stats.snapshot()
         assert ing.wait_idle(60), ing.stats.snapshot()
         assert ing.stats.invalid == 1 and ing.stats.stored == 2, ing.stats.snapshot()
+        assert ing.stats.db_errors >= 1, "the database, not the wire check, refused it"
     c.loop_stop()
     c.disconnect()
     with pg.session() as s:
