@@ -70,11 +70,11 @@ def _baselines(s: Session, members: list[RolloutDevice], before: datetime) -> li
             by_version.setdefault((m.previous_name, m.previous_version), []).append(m.device_id)
     for (name, version), ids in by_version.items():
         for part in chunked(ids):
-            rank = func.row_number().over(partition_by=Telemetry.device_id, order_by=Telemetry.ts.desc())
+            rank = func.row_number().over(partition_by=Telemetry.device_id, order_by=Telemetry.received_at.desc())
             inner = (
                 select(Telemetry.device_id, Telemetry.p95_ms, Telemetry.drift, rank.label("rn"))
                 .where(Telemetry.device_id.in_(part), Telemetry.model_name == name,
-                       Telemetry.model_version == version, Telemetry.ts < before)
+                       Telemetry.model_version == version, Telemetry.received_at < before)
                 .subquery()
             )
             for device_id, p95, drift, _ in s.execute(select(inner).where(inner.c.rn <= BASELINE_ROWS)):
@@ -89,7 +89,11 @@ def _confidence(t: Telemetry) -> float | None:
 
 
 def evaluate_gate(s: Session, rollout: Rollout, wave: RolloutWave, members: list[RolloutDevice]) -> GateResult:
-    """Evaluate the gate of ``wave`` (whose soak started at ``wave.soak_started_at``)."""
+    """Evaluate the gate of ``wave`` (whose soak started at ``wave.soak_started_at``).
+
+    Windows are on the fleet's receive time, not the device's ``ts``: a board without a real-time
+    clock (a Raspberry Pi before NTP) stamps 1970, and its soak-window rows must still count.
+    """
     result = GateResult(passed=True)
     m = result.metrics
     installed = [r for r in members if r.state == "installed"]
@@ -113,7 +117,7 @@ def evaluate_gate(s: Session, rollout: Rollout, wave: RolloutWave, members: list
                 Telemetry.device_id.in_(part),
                 Telemetry.model_name == rollout.bundle_name,
                 Telemetry.model_version == rollout.bundle_version,
-                Telemetry.ts >= start,
+                Telemetry.received_at >= start,
             )))
     m["telemetry_rows"] = len(new_rows)
 
@@ -161,7 +165,7 @@ def evaluate_gate(s: Session, rollout: Rollout, wave: RolloutWave, members: list
                 Event.device_id.in_(part),
                 Event.kind.like("drift%"),
                 Event.level.in_(("warning", "error")),
-                Event.ts >= start,
+                Event.received_at >= start,
             )))
     alarms = len(alarmed)
     m["drift_alarm_devices"] = alarms

@@ -87,12 +87,12 @@ class Fleet:
         self._send("status", device_id, wire.Status(device_id=device_id, state="offline", ts=self.clock()))
 
     def telemetry(self, device_id: str, *, p95: float = 10.0, requests: int = 100, errors: int = 0,
-                  confidence: float | None = 0.9) -> None:
+                  confidence: float | None = 0.9, device_ts=None) -> None:
         d = self.devices[device_id]
         d.seq += 1
         model = wire.ModelRef(name=d.model[0], version=d.model[1]) if d.model else None
         self._send("telemetry", device_id, wire.Telemetry(
-            device_id=device_id, seq=d.seq, ts=self.clock(), model=model, requests=requests, errors=errors,
+            device_id=device_id, seq=d.seq, ts=device_ts or self.clock(), model=model, requests=requests, errors=errors,
             latency=wire.LatencyStats(p95_ms=p95), drift=wire.DriftStats(confidence_mean=confidence)))
 
     def event(self, device_id: str, kind: str, *, level="info", rollout_id=None, message="") -> None:

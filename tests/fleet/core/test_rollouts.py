@@ -141,6 +141,23 @@ def test_error_rate_gate(manager, fleet, clock, db):
     assert final.waves[0].gate["error_rate"] == pytest.approx(0.1)
 
 
+def test_gate_windows_use_the_fleets_receive_time_not_the_device_clock(manager, fleet, clock, db):
+    """A board with no real-time clock stamps 1970 until NTP: its soak-window telemetry still counts."""
+    from datetime import datetime, timezone
+
+    make_fleet(fleet, 4)
+    st = manager.create(spec(bundle="tiny@3.0.0", waves="50,100"))
+    manager.tick()
+    fleet.converge()
+    manager.tick()
+    for i in members(db, st.id)[0]:
+        fleet.telemetry(i, p95=10.0, requests=100, errors=10, device_ts=datetime(1970, 1, 1, tzinfo=timezone.utc))
+    clock.advance(61)
+    manager.tick()
+    final = manager.status(st.id)
+    assert final.state == "halted" and "error rate" in final.reason
+
+
 def test_drift_confidence_drop_fails_gate(manager, fleet, clock, db):
     make_fleet(fleet, 4)
     st = manager.create(spec(bundle="tiny@3.0.0", waves="50,100"))
