@@ -180,9 +180,15 @@ class BundleRef(BaseModel):
 
 
 class Desired(_Payload):
-    """Retained desired state, written by the fleet manager; the agent converges to it."""
+    """Retained desired state, written by the fleet manager; the agent converges to it.
+
+    ``action="install"`` (the default): run ``bundle``. ``action="rollback"``: stop running ``bundle``
+    and go back to the device's own previous slot — how the fleet undoes a wave on devices whose
+    previous model it never had (one installed locally from a seed bundle, say).
+    """
 
     bundle: BundleRef
+    action: Literal["install", "rollback"] = "install"
     rollout_id: Short | None = None
     generation: int = Field(default=0, ge=0)
 

@@ -145,6 +145,9 @@ class SimOta:
                 self._event("ota.failed", f"unexpected error: {type(exc).__name__}: {exc}", level="error")
 
     async def converge(self, d: Desired) -> None:
+        if d.action == "rollback":
+            self._fleet_rollback(d)
+            return
         key = (d.bundle.sha256, d.generation)
         if self.active is not None and self.active.sha256 == d.bundle.sha256:
             self.generation, self.rollout_id = d.generation, d.rollout_id
@@ -161,6 +164,31 @@ class SimOta:
             return
         self._handled = key
         await self._install(d)
+
+    def _fleet_rollback(self, d: Desired) -> None:
+        """As the agent: the fleet undoes a wave, so leave ``d.bundle`` for the previous slot."""
+        key = ("rollback", d.bundle.sha256, d.generation)
+        if self._handled == key:
+            return
+        self._handled = key
+        running = self.active is not None and self.active.sha256 == d.bundle.sha256
+        self.generation, self.rollout_id = d.generation, d.rollout_id
+        if not running:
+            self._set_state(self.state)
+            return
+        ref = f"{d.bundle.name}@{d.bundle.version}"
+        if self.previous is None:
+            self._event("ota.rollback_refused", f"the fleet asked to roll back {ref}, but there is no previous "
+                        "slot to return to; still serving it", level="error", rollout_id=d.rollout_id)
+            self._set_state("failed", error=f"no previous slot to roll {ref} back to")
+            return
+        bad, self.active, self.previous, self.soaking = self.active, self.previous, None, False
+        if bad.sha256 not in self.failed:
+            self.failed = [*self.failed, bad.sha256][-32:]
+        target = f"{self.active.ref.name}@{self.active.ref.version}"
+        self._event("ota.rollback", f"the fleet rolled back {ref} (rollout {d.rollout_id}); rolled back to {target}",
+                    level="error", rollout_id=d.rollout_id, failed=ref)
+        self._set_state("rolled_back")
 
     # -- install -----------------------------------------------------------------------------------
     async def _install(self, d: Desired) -> None:

@@ -306,6 +306,9 @@ class OtaManager:
 
     def converge(self, d: Desired) -> None:
         """Install ``d`` unless it is what runs already or it failed here before."""
+        if d.action == "rollback":
+            self._fleet_rollback(d)
+            return
         with self._lock:
             ptr = self._read_pointer()
             key = (d.bundle.sha256, d.generation)
@@ -328,6 +331,37 @@ class OtaManager:
                 return
             self._handled = key
             self._install(d)
+
+    def _fleet_rollback(self, d: Desired) -> None:
+        """The fleet undoes a wave: leave ``d.bundle`` for the previous slot (once per generation)."""
+        with self._lock:
+            ptr = self._read_pointer()
+            key = ("rollback", d.bundle.sha256, d.generation)
+            if self._handled == key:
+                return
+            self._handled, self._answered = key, (d.rollout_id, d.generation)
+            ref = f"{d.bundle.name}@{d.bundle.version}"
+            if ptr.active is None or ptr.active.sha256 != d.bundle.sha256:
+                ptr.generation, ptr.rollout_id = d.generation, d.rollout_id
+                self.slots.write(ptr)
+                self._set_state(self.state, ptr)
+                return
+            if ptr.previous is None:
+                self._event("ota.rollback_refused", f"the fleet asked to roll back {ref}, but there is no previous "
+                            "slot to return to; still serving it", level="error", rollout_id=d.rollout_id)
+                self._set_state("failed", ptr, error=f"no previous slot to roll {ref} back to")
+                return
+            new = self._rollback(ptr, f"the fleet rolled back {ref} (rollout {d.rollout_id})")
+            new.generation, new.rollout_id = d.generation, d.rollout_id
+            self.slots.write(new)
+            model = None
+            if new.active is not None:
+                try:
+                    model = self._load_slot(new.active)
+                except EdgekitError as exc:
+                    new = self._rollback(new, f"previous slot failed to load: {exc}")
+            self._serve(model)
+            self._set_state("rolled_back", new)
 
     def _install_local(self, path: Path, sha: str) -> None:
         ptr = self._read_pointer()

@@ -488,9 +488,10 @@ class RolloutManager:
 
     def _send_previous(self, s: Session, r: Rollout, m: RolloutDevice, now: datetime) -> None:
         ref: BundleRef | None = None
-        if m.previous_desired and isinstance(m.previous_desired.get("bundle"), dict):
+        prev = m.previous_desired
+        if prev and prev.get("action", "install") == "install" and isinstance(prev.get("bundle"), dict):
             try:
-                ref = BundleRef.model_validate(m.previous_desired["bundle"])
+                ref = BundleRef.model_validate(prev["bundle"])
             except ValueError:
                 ref = None
         if ref is None and m.previous_name and m.previous_version:
@@ -499,11 +500,17 @@ class RolloutManager:
             except BundleNotFoundError:
                 ref = None
         if ref is None:
-            m.error = (m.error + "; " if m.error else "") + "no previous bundle in the registry: desired state cleared"
-        m.generation = self._write_desired(s, m.device_id, ref, r.id, now)
+            # The fleet never had what the device ran before: tell it to leave this bundle for its own
+            # previous slot (the agent keeps one), rather than clearing its desired state and hoping.
+            m.error = (m.error + "; " if m.error else "") + "previous bundle not in the registry: device rolls back to its own previous slot"
+            m.generation = self._write_desired(s, m.device_id, self._bundle_ref(r.bundle_name, r.bundle_version),
+                                               r.id, now, action="rollback")
+        else:
+            m.generation = self._write_desired(s, m.device_id, ref, r.id, now)
         m.state = "rolled_back"
 
-    def _write_desired(self, s: Session, device_id: str, ref: BundleRef | None, rid: str, now: datetime) -> int:
+    def _write_desired(self, s: Session, device_id: str, ref: BundleRef | None, rid: str, now: datetime,
+                       action: str = "install") -> int:
         d = self._devices.get(device_id)
         if d is None:
             with s.no_autoflush:
@@ -516,9 +523,10 @@ class RolloutManager:
         if ref is None:
             d.desired, d.desired_name, d.desired_version = None, None, None
         else:
-            payload = Desired(device_id=device_id, ts=now, bundle=ref, rollout_id=rid, generation=generation)
+            payload = Desired(device_id=device_id, ts=now, bundle=ref, rollout_id=rid, generation=generation,
+                              action=action)
             d.desired = payload.model_dump(mode="json")
-            d.desired_name, d.desired_version = ref.name, ref.version
+            d.desired_name, d.desired_version = (ref.name, ref.version) if action == "install" else (None, None)
         d.desired_published = False
         return generation
 

@@ -289,3 +289,31 @@ def test_corrupt_pointer_file_is_reported_and_the_agent_still_serves(make_ota, b
     assert again.boot(bundles["v1"]).version == "1.0.0"
     assert "state.corrupt" in rec.kinds()
     assert again.slots.read().active.version == "1.0.0"
+
+
+def test_fleet_rollback_returns_to_the_previous_slot(make_ota, bundles, file_server):
+    """The fleet undoes a wave with action=rollback: the agent leaves the bundle for its own previous slot."""
+    import json
+
+    ota, rec = make_ota(soak_s=0.2)
+    ota.boot(bundles["v1"])
+    before = _predict(ota, X)
+    ota.start()
+    url = _publish(file_server, bundles["v2"])
+    ota.handle_desired(desired_for(DEVICE, bundles["v2"], url))
+    wait_for(lambda: ota.state == "installed" and ota.host.current.version == "2.0.0", 20, what="v2 installed")
+
+    rollback = json.loads(desired_for(DEVICE, bundles["v2"], url, generation=2))
+    rollback["action"] = "rollback"
+    ota.handle_desired(json.dumps(rollback).encode())
+    wait_for(lambda: ota.host.current.version == "1.0.0", 20, what="back on v1")
+    np.testing.assert_allclose(_predict(ota, X), before)
+    ptr = ota.slots.read()
+    assert ptr.active.version == "1.0.0" and ptr.generation == 2 and sha256(bundles["v2"]) in ptr.failed
+    assert "the fleet rolled back tiny@2.0.0" in rec.message("ota.rollback")
+    assert rec.reported[-1].ota_state == "rolled_back" and rec.reported[-1].active.version == "1.0.0"
+
+    # Asked again (a re-publish) or for a bundle it no longer runs: nothing changes.
+    ota.handle_desired(json.dumps(rollback | {"generation": 3}).encode())
+    wait_for(lambda: ota.slots.read().generation == 3, 10, what="generation 3 answered")
+    assert ota.host.current.version == "1.0.0" and rec.kinds().count("ota.rollback") == 1

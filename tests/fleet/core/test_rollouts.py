@@ -110,6 +110,21 @@ def test_latency_regression_halts_and_rolls_back_first_wave_only(manager, fleet,
     assert set(publisher.retained) == set(wave1)
 
 
+def test_a_wave_on_a_bundle_the_registry_never_had_is_rolled_back_by_the_device(manager, fleet, clock, db,
+                                                                                  publisher):
+    """Devices that booted from a local seed bundle get an explicit rollback, not a cleared desired state."""
+    make_fleet(fleet, 10, model=("seed", "0.1.0"))
+    st = manager.create(spec(bundle="tiny@3.0.0"))
+    final = run_until(manager, fleet, clock, st.id, p95_by_version={"3.0.0": 30.0, "0.1.0": 10.0})
+    assert final.state == "halted"
+    wave1 = members(db, st.id)[0]
+    assert set(publisher.retained) == set(wave1)
+    for i in wave1:
+        d = publisher.retained[i]
+        assert d.action == "rollback" and (d.bundle.name, d.bundle.version) == ("tiny", "3.0.0")
+    assert set(member_states(db, st.id)[i] for i in wave1) == {"rolled_back"}
+
+
 def test_golden_failure_halts_at_install_and_rolls_back(manager, fleet, clock, db, publisher):
     ids = make_fleet(fleet, 10)
     for i in ids:
