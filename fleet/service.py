@@ -93,11 +93,19 @@ _REFUSED_EVENTS = ("ota.download_failed", "ota.failed")
 
 
 def download_refused(message: Message) -> bool:
-    """Whether ``message`` is a device event saying the fleet refused its bundle download (403)."""
+    """Whether ``message`` is a device event saying the fleet refused its bundle download (403).
+
+    Reads the event's structured ``data.http_status``; the message text is only a fallback for agents
+    that predate it, so rewording the agent's error cannot silently stop token re-issue."""
     if message.kind != "events":
         return False
     ev = message.payload
-    return getattr(ev, "kind", None) in _REFUSED_EVENTS and "HTTP 403" in (getattr(ev, "message", "") or "")
+    if getattr(ev, "kind", None) not in _REFUSED_EVENTS:
+        return False
+    status = (getattr(ev, "data", None) or {}).get("http_status")
+    if status is not None:
+        return status == 403
+    return "HTTP 403" in (getattr(ev, "message", "") or "")  # agents older than the http_status field
 
 
 class RolloutTicker:

@@ -52,9 +52,11 @@ class DownloadError(AgentError):
     artifact itself is wrong (size or hash mismatch, over the limit) and retrying cannot help.
     """
 
-    def __init__(self, message: str, *, transient: bool = False):
+    def __init__(self, message: str, *, transient: bool = False, http_status: int | None = None):
         super().__init__(message)
         self.transient = transient
+        #: the server's HTTP status when it answered with an error (reported in the event's data)
+        self.http_status = http_status
 
 
 @dataclass
@@ -91,7 +93,7 @@ class Downloader:
             with self._client() as client, client.stream("GET", url) as resp:
                 if resp.status_code != 200:
                     raise DownloadError(f"GET {redact_url(url)} answered HTTP {resp.status_code}{_reason(resp)}",
-                                        transient=True)
+                                        transient=True, http_status=resp.status_code)
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > self.max_bytes:
                     raise DownloadError(f"server announces {declared} bytes, over the {self.max_bytes}-byte limit")

@@ -442,7 +442,7 @@ class OtaManager:
             self._last_failure_transient = isinstance(exc, DownloadError) and exc.transient
             if self._last_failure_transient:
                 self._event("ota.download_failed", reason, level="warning", rollout_id=rollout_id,
-                            error=type(exc).__name__)
+                            error=type(exc).__name__, http_status=getattr(exc, "http_status", None))
                 self.slots.clear(slot)
                 self._set_state("failed" if self.host.current is None else "rolled_back", error=reason)
                 return False

@@ -24,12 +24,13 @@ DEVICE = "dev-1"
 
 class Recorder:
     def __init__(self):
-        self.events, self.states, self.reported = [], [], []
+        self.events, self.states, self.reported, self.data = [], [], [], {}
         self.lock = threading.Lock()
 
     def event(self, kind, message, level="info", data=None, rollout_id=None):
         with self.lock:
             self.events.append((kind, level, message))
+            self.data[kind] = data or {}
 
     def kinds(self):
         return [k for k, _, _ in self.events]
@@ -249,6 +250,7 @@ def test_failed_download_is_retried_with_backoff_not_blacklisted(make_ota, bundl
     ota.handle_desired(desired_for(DEVICE, bundles["v2"], url))
     wait_for(lambda: "ota.retry" in rec.kinds(), 10, what="a scheduled retry")
     assert "HTTP 404" in rec.message("ota.download_failed")
+    assert rec.data["ota.download_failed"]["http_status"] == 404, "the fleet reads the status, not the wording"
     assert "ota.failed" not in rec.kinds(), "a passing network problem is not a failed bundle"
     assert sha256(bundles["v2"]) not in ota.slots.read().failed
     assert ota.host.current.version == "1.0.0"

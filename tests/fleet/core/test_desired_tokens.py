@@ -95,10 +95,10 @@ def test_without_a_secret_urls_are_published_as_stored(db, registry, publisher, 
     assert "token" not in publisher.retained["cam-a"].bundle.url
 
 
-def _event(kind: str, message: str, device_id: str = "cam-a") -> Message:
+def _event(kind: str, message: str, device_id: str = "cam-a", **data) -> Message:
     now = datetime.now(timezone.utc)
     return Message("events", device_id, wire.Event(device_id=device_id, seq=1, ts=now, kind=kind, level="warning",
-                                                   message=message), now)
+                                                   message=message, data=data), now)
 
 
 def test_a_refused_download_is_recognised():
@@ -106,6 +106,9 @@ def test_a_refused_download_is_recognised():
                                                           "HTTP 403: download token refused: download token expired"))
     assert not download_refused(_event("ota.download_failed", "downloading failed: GET http://f/x answered HTTP 503"))
     assert not download_refused(_event("ota.installed", "HTTP 403 mentioned in passing? no: wrong kind"))
+    # the structured status decides whatever the wording
+    assert download_refused(_event("ota.download_failed", "the server said no", http_status=403))
+    assert not download_refused(_event("ota.download_failed", "HTTP 403 in a 503's body", http_status=503))
 
 
 def test_a_refused_download_republishes_once_per_interval(db, registry, publisher, clock, fleet, tmp_path):
