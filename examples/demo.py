@@ -572,20 +572,25 @@ def main(argv: list[str] | None = None) -> int:
     def _terminate(signum, frame):  # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally below cleans up
         raise KeyboardInterrupt
 
+    # Ctrl-C must work even when a parent started us with SIGINT ignored (background jobs of a script)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, _terminate)
     atexit.register(demo.children.stop_all)
+    serving = False
     try:
         demo.run()
         if args.serve and demo.children.running:
+            serving = True
             print(f"\nserving: dashboard {demo.fleet_url} (token {demo.admin_token}); Ctrl-C stops everything", flush=True)
             while True:
                 time.sleep(3600)
         return 0
     except KeyboardInterrupt:
-        print("\ninterrupted: stopping everything the demo started", file=sys.stderr, flush=True)
-        return 130
+        print("\nstopping everything the demo started" if serving else
+              "\ninterrupted: stopping everything the demo started", file=sys.stderr, flush=True)
+        return 0 if serving else 130
     except DemoError as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr, flush=True)
         return 1
