@@ -14,7 +14,8 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev]"
+	# compat: the clone itself goes on sys.path, so `python -m examples.…` works from any folder
+	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 install: $(STAMP)
