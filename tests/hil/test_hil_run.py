@@ -282,7 +282,7 @@ def digits_bundle(tmp_path_factory, signing_keys):
     out = d / "digits-1.0.0.ekb"
     bundle_from_onnx(d / "digits.onnx", name="digits", version="1.0.0", key=key, out=out, golden_npz=golden,
                      labels=[str(i) for i in range(10)],
-                     extra={"metrics": {"x86-avx2": {"accuracy": acc, "max_p99_ms": 50.0, "max_peak_rss_mb": 900.0}},
+                     extra={"metrics": {"x86-avx2": {"accuracy": acc, "max_p99_ms": 1000.0, "max_peak_rss_mb": 900.0}},
                             "tolerance": {"atol": 1e-4, "rtol": 1e-4, "min_golden_accuracy": 0.9}})
     return out, eval_npz, acc
 
