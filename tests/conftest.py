@@ -35,33 +35,9 @@ def signing_keys(tmp_path_factory):
 def tiny_onnx(tmp_path_factory) -> Path:
     """A tiny CNN classifier as ONNX (input ``image`` [batch,1,8,8] → ``logits`` [batch,3]), built with
     the ``onnx`` helper API so tests of the agent side need no torch."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx_models import tiny_cnn_onnx
 
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
-    fc = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "fc")
-    nodes = [
-        helper.make_node("Conv", ["image", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"]),
-        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-        helper.make_node("Flatten", ["g"], ["f"]),
-        helper.make_node("MatMul", ["f", "fc"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        initializer=[w, b, fc],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    onnx.save(model, path)
-    return path
+    return tiny_cnn_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
 
 
 @pytest.fixture(scope="session")

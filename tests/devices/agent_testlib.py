@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from onnx_models import tiny_cnn_onnx
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
@@ -30,31 +31,8 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float 
 
 
 def make_onnx(path: Path, seed: int = 0) -> Path:
-    """The tiny CNN of tests/conftest.py (image [batch,1,8,8] → logits [batch,3]) with seeded weights."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
-    fc = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "fc")
-    nodes = [
-        helper.make_node("Conv", ["image", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"]),
-        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-        helper.make_node("Flatten", ["g"], ["f"]),
-        helper.make_node("MatMul", ["f", "fc"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        initializer=[w, b, fc],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    """The tiny CNN of tests/onnx_models.py with seeded weights."""
+    return tiny_cnn_onnx(path, seed)
 
 
 def make_bundle(out: Path, key, *, version: str = "1.0.0", seed: int = 0, name: str = "tiny",
