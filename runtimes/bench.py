@@ -6,6 +6,7 @@ import resource
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -47,7 +48,19 @@ def synthetic_feeds(specs: list[TensorSpec], batch: int = 1, seed: int = 0) -> d
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """This process's peak resident memory.
+
+    Linux's ``VmHWM`` belongs to the current address space and starts afresh at exec; ``ru_maxrss``
+    does not: a child inherits its parent's peak across fork and exec, so a probe started from a large
+    process (a test runner, a notebook) would report the parent's memory as its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, bytes on macOS
 
 
 def benchmark(

@@ -87,3 +87,15 @@ def test_benchmark_reports_percentiles(tiny_onnx):
     assert r.batch == 2 and r.iterations == 20
     assert 0 < r.p50_ms <= r.p95_ms <= r.p99_ms
     assert r.throughput_per_s > 0 and r.peak_rss_mb > 0
+
+
+def test_peak_memory_is_the_process_own_not_its_parents():
+    """ru_maxrss survives fork+exec on Linux: a probe started by a big process must not report its parent's peak."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(400 * (1 << 20) // 8)  # 400 MB touched in this (parent) process
+    code = "from runtimes.bench import _peak_rss_mb; print(_peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert ballast.sum() > 0
+    assert child < 300, f"the child reported {child:.0f} MB: its parent's peak, not its own"
