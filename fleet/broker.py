@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from edgekit.errors import FleetError
+from fleet.procs import stop_process
 from fleet.security.broker_config import INSECURE_BANNER
 from fleet.settings import FleetSettings
 
@@ -174,13 +175,7 @@ class EmbeddedBroker:
     # -- lifecycle --------------------------------------------------------------------------------
     def stop(self) -> None:
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=5)
+            stop_process(self._proc)
             self._proc = None
         if self._thread is not None and self._loop is not None and self._stop_event is not None:
             self._loop.call_soon_threadsafe(self._stop_event.set)

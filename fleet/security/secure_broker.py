@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from edgekit.errors import FleetError
+from fleet.procs import stop_process
 from fleet.security.broker_config import (
     SecureBrokerFiles,
     reload_broker,
@@ -166,13 +167,7 @@ class SecureBroker:
     def stop(self) -> None:
         """Terminate mosquitto (it saves its persistence file and removes its pid file)."""
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=5)
+            stop_process(self._proc)
             if self._proc.stderr:
                 self._proc.stderr.close()
             self._proc = None
