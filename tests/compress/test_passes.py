@@ -187,3 +187,17 @@ def test_relative_error_fidelity_metric():
     assert m({"y": np.array([[3.0, 4.5]])}, None, ref) == pytest.approx(0.9)  # 0.5 / 5 = 10 % error
     b = Budget(min_fidelity=0.95)
     assert not b.quality_ok("fidelity-relerr", 1.0, 0.9) and b.quality_ok("fidelity-relerr", 1.0, 0.96)
+
+
+def test_find_heads_names_only_the_output_layer_of_an_mlp():
+    """Hidden outputs are freed as the Sequential runs; their ids get reused by later tensors, so an
+    id-based match once took every Linear for the head and pruning skipped the whole network."""
+    from torch import nn
+
+    from edgekit.compress.passes.prune import find_heads
+
+    layers: list[nn.Module] = []
+    for _ in range(4):
+        layers += [nn.Linear(8, 8), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1]).eval()
+    assert find_heads(model, (torch.zeros(2, 8),)) == [model[-1]]

@@ -63,8 +63,11 @@ def _example(art: Artifact, ctx: PassContext, n: int = 2) -> tuple[torch.Tensor,
 
 def find_heads(model: nn.Module, args: tuple[torch.Tensor, ...]) -> list[nn.Module]:
     """Linear/Conv modules whose output is a model output (else the last one that ran)."""
-    order: list[tuple[nn.Module, int]] = []
-    hooks = [m.register_forward_hook(lambda m_, _i, o: order.append((m_, id(o))))
+    # Keep every hooked output alive: comparing ``id()`` of tensors already freed is unsound, because
+    # CPython reuses the id of a freed intermediate for a later tensor (seen: a hidden conv taken for
+    # the head, so it escaped pruning).
+    order: list[tuple[nn.Module, object]] = []
+    hooks = [m.register_forward_hook(lambda m_, _i, o: order.append((m_, o)))
              for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     try:
         with torch.no_grad():
@@ -72,8 +75,7 @@ def find_heads(model: nn.Module, args: tuple[torch.Tensor, ...]) -> list[nn.Modu
     finally:
         for h in hooks:
             h.remove()
-    ids = {id(o) for o in outs}
-    heads = [m for m, oid in order if oid in ids]
+    heads = [m for m, o in order if any(o is out for out in outs)]
     return heads or ([order[-1][0]] if order else [])
 
 
