@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import subprocess
 import time
 
@@ -34,7 +35,10 @@ def test_bounded_spool_evicts_oldest_and_counts_them(pbroker, collector, version
         assert agent.ready()  # serving goes on without the broker
         pbroker.start()
         assert wait_until(lambda: any(t > 0 for t in _evicted_reports(collector)), timeout=30)
-        time.sleep(1.0)
+        # The first reports after the outage are replays built before the last eviction; a live one
+        # carries the final count. Wait for it instead of a fixed sleep (CI once stopped one short).
+        assert wait_until(lambda: max(_evicted_reports(collector)) >= _spool_evicted(agent), timeout=30), (
+            f"telemetry reported {max(_evicted_reports(collector))} evictions, the spool counted {_spool_evicted(agent)}")
     finally:
         agent.stop()
     last, evicted, held = spool_state(agent)
@@ -47,6 +51,15 @@ def test_bounded_spool_evicts_oldest_and_counts_them(pbroker, collector, version
     assert evicted - len(missing) <= 100, "over-count beyond the in-flight window (mqtt.max_inflight)"
     assert missing == list(range(missing[0], missing[0] + len(missing))), "evictions must be the oldest, contiguous"
     assert max(_evicted_reports(collector)) == evicted
+
+
+def _spool_evicted(agent) -> int:
+    """The eviction count the running agent has persisted (a read-only look into its WAL database)."""
+    db = sqlite3.connect(f"file:{agent.state_dir / 'spool.sqlite'}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(db.execute("SELECT value FROM meta WHERE key = 'evicted'").fetchone()[0])
+    finally:
+        db.close()
 
 
 def _evicted_reports(collector) -> list[int]:
