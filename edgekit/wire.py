@@ -24,6 +24,8 @@ __all__ = [
     "NAMESPACE",
     "WIRE_VERSION",
     "BundleRef",
+    "CertAnswer",
+    "CertRequest",
     "Desired",
     "DriftStats",
     "Event",
@@ -41,10 +43,10 @@ __all__ = [
 
 NAMESPACE = "edgekit/v1"
 WIRE_VERSION = 1
-KINDS = ("status", "telemetry", "events", "desired", "reported")
+KINDS = ("status", "telemetry", "events", "desired", "reported", "csr", "cert")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-Kind = Literal["status", "telemetry", "events", "desired", "reported"]
+Kind = Literal["status", "telemetry", "events", "desired", "reported", "csr", "cert"]
 
 
 def _now() -> datetime:
@@ -214,6 +216,33 @@ class Reported(_Payload):
     last_error: str | None = None
 
 
+class CertRequest(_Payload):
+    """Device → fleet on ``csr`` (QoS 1): certify a key the device just generated (it never leaves the device).
+
+    ``request_id`` is :func:`edgekit.certs.csr_fingerprint` of the CSR, so a re-sent request is the same one.
+    """
+
+    request_id: Short
+    csr_pem: str = Field(min_length=1, max_length=16384)
+    reason: Literal["expiring", "requested"] = "expiring"
+
+
+class CertAnswer(_Payload):
+    """Fleet → device on ``cert`` (QoS 1, retained, so an offline device gets it when it returns).
+
+    Exactly one of: ``cert_pem`` (the certificate issued for request ``request_id``), ``error`` (why
+    request ``request_id`` was refused), or ``renew=True`` (the fleet asks the device to renew now:
+    ``edgekit fleet renew``).
+    """
+
+    request_id: Short | None = None
+    cert_pem: str | None = Field(default=None, max_length=16384)
+    serial: Short | None = None
+    not_after: datetime | None = None
+    error: str | None = Field(default=None, max_length=2048)
+    renew: bool = False
+
+
 P = TypeVar("P", bound=_Payload)
 
 MODELS: dict[str, type[_Payload]] = {
@@ -222,6 +251,8 @@ MODELS: dict[str, type[_Payload]] = {
     "events": Event,
     "desired": Desired,
     "reported": Reported,
+    "csr": CertRequest,
+    "cert": CertAnswer,
 }
 
 

@@ -57,9 +57,10 @@ __all__ = [
     "write_secure_broker",
 ]
 
-#: what a device may write (under its own id only) and read (its own desired state only)
-DEVICE_PUBLISH_KINDS = ("status", "telemetry", "events", "reported")
-DEVICE_SUBSCRIBE_KINDS = ("desired",)
+#: what a device may write (under its own id only) and read (its own desired state and certificate
+#: answers only); ``csr``/``cert`` carry certificate renewal over the device's own channel
+DEVICE_PUBLISH_KINDS = ("status", "telemetry", "events", "reported", "csr")
+DEVICE_SUBSCRIBE_KINDS = ("desired", "cert")
 
 INSECURE_BANNER = (
     "INSECURE BROKER: plain TCP, anonymous, no ACL — any client on the network can read and write every "
@@ -97,13 +98,15 @@ def render_acl(denied: list[str] | tuple[str, ...] = (), *, fleet_identity: str 
     lines += [f"pattern read {ns}/%u/{kind}" for kind in DEVICE_SUBSCRIBE_KINDS]
     lines += [
         "",
-        "# The fleet manager: reads every device's streams (also as a $share/ group), writes desired state.",
+        "# The fleet manager: reads every device's streams (also as a $share/ group), writes desired state",
+        "# and certificate answers.",
         f"user {fleet_identity}",
     ]
     for kind in DEVICE_PUBLISH_KINDS:
         lines.append(f"topic read {ns}/+/{kind}")
         lines.append(f"topic read $share/+/{ns}/+/{kind}")
     lines.append(f"topic readwrite {ns}/+/desired")
+    lines.append(f"topic readwrite {ns}/+/cert")
     if denied:
         lines += ["", "# Revoked identities: denied everything ('deny' is checked before any grant)."]
         for d in sorted(set(denied)):

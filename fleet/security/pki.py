@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edgekit.certs import create_csr  # re-exported: the device side of CSR renewal lives in the core
 from edgekit.errors import ConfigError
 from edgekit.wire import valid_device_id
 from fleet.security.files import write_private, write_public
@@ -45,6 +46,7 @@ from fleet.security.files import write_private, write_public
 __all__ = [
     "FLEET_IDENTITY",
     "CertRecord",
+    "DenyList",
     "FleetPKI",
     "IssuedIdentity",
     "create_csr",
@@ -114,20 +116,6 @@ def load_certificate(path: Path) -> x509.Certificate:
         raise ConfigError(f"{path} is not a PEM certificate: {exc}") from exc
 
 
-def create_csr(device_id: str) -> tuple[bytes, bytes]:
-    """Device side of CSR renewal: a new P-256 key and a CSR for ``CN=device_id``; returns ``(key_pem, csr_pem)``.
-
-    Pure ``cryptography``, so the agent can call the same code; the key PEM must be written 0600.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .sign(key, hashes.SHA256())
-    )
-    return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)
-
-
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -136,6 +124,30 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class DenyList:
+    """The revoked device ids of the CA in ``root`` for hot paths (download route): reads ``index.json``
+    only when it changed, and needs no CA key. No CA (an insecure trial fleet) means nobody is denied."""
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / "index.json"
+        self._sig: tuple[int, int] | None = None
+        self._denied: frozenset[str] = frozenset()
+
+    def __contains__(self, device_id: object) -> bool:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return False
+        sig = (st.st_mtime_ns, st.st_size)
+        if sig != self._sig:
+            try:
+                index = _Index.model_validate_json(self.path.read_text())
+            except (OSError, ValidationError) as exc:  # fail closed: a broken index denies everyone
+                raise ConfigError(f"cannot read the deny-list in {self.path}: {exc}") from exc
+            self._denied, self._sig = frozenset(index.denied), sig
+        return device_id in self._denied
 
 
 class FleetPKI:
