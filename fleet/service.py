@@ -8,7 +8,9 @@ Every start migrates the database first. Nothing here runs at import.
 Security modes (``FleetSettings.security``): ``insecure`` runs the plain trial broker (loudly labelled);
 ``mtls`` runs :class:`~fleet.security.secure_broker.SecureBroker` (mutual TLS, per-device ACL, CRL; the
 fleet CA is created on the first secure start if ``edgekit fleet ca init`` was not run) and the fleet's
-own clients present the fleet identity on its loopback listener. ``edgekit fleet revoke`` reaches that
+own clients present the fleet identity on its loopback listener; a
+:class:`~fleet.security.renewal.CertificateIssuer` answers devices' certificate renewals over MQTT.
+``edgekit fleet revoke`` reaches that
 running broker through its pid file (SIGHUP), without a restart. In both modes, every desired state the
 fleet publishes carries a fresh download token for its device (:mod:`fleet.security.download_token`).
 """
@@ -37,6 +39,7 @@ from fleet.rollouts.manager import RolloutManager
 from fleet.security.broker_config import INSECURE_BANNER
 from fleet.security.download_token import load_or_create_secret
 from fleet.security.pki import FleetPKI
+from fleet.security.renewal import CertificateIssuer
 from fleet.security.secure_broker import SecureBroker
 from fleet.settings import FleetSettings
 from fleet.store import BatchResult, Message
@@ -174,6 +177,7 @@ class FleetService:
         self.publisher: MqttDesiredPublisher | None = None
         self.ingest: Ingest | None = None
         self.ticker: RolloutTicker | None = None
+        self.issuer: CertificateIssuer | None = None
         self.ctx: FleetContext | None = None
 
     def _on_batch(self, res: BatchResult) -> None:
@@ -220,6 +224,8 @@ class FleetService:
                             "(set trusted_keys or put *.pub files in %s)", s.data_dir / "trusted-keys")
             self.ingest = Ingest(s, ctx.database, stats=ctx.ingest_stats, on_batch=self._on_batch,
                                  on_messages=self._on_messages).start()
+            if s.secure:  # devices renew their certificates over their own channel (fleet/security/renewal.py)
+                self.issuer = CertificateIssuer(s, open_or_init_pki(s), database=ctx.database).start()
             if s.rollout_ticker:
                 self.ticker = RolloutTicker(ctx.rollouts, s.tick_interval_s, holder=s.replica_id).start()
             else:
@@ -234,6 +240,9 @@ class FleetService:
         if self.ticker is not None:
             self.ticker.stop()
             self.ticker = None
+        if self.issuer is not None:
+            self.issuer.stop()
+            self.issuer = None
         if self.ingest is not None:
             self.ingest.stop()
             self.ingest = None

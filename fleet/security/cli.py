@@ -197,6 +197,35 @@ def provision_cmd(
         )
 
 
+@fleet_security_app.command("renew")
+def renew_cmd(
+    device_id: str = typer.Argument(..., help="The device asked to renew its certificate."),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Ask a device, over its own MQTT channel, to renew its certificate now (needs the running secure fleet).
+
+    The device makes a new key and CSR, the fleet signs it, the device swaps it in live. The request is
+    retained: an offline device renews when it next connects. Devices also renew by themselves once two
+    thirds of a certificate's lifetime are gone; `provision --renew` is the out-of-band path.
+    """
+    from edgekit.errors import ConfigError
+    from fleet.security.pki import FleetPKI
+    from fleet.security.renewal import request_renewal
+
+    with _errors():
+        s = _settings(config, data_dir)
+        if not s.secure:
+            raise ConfigError("renewal over MQTT needs the secure fleet (security: mtls / `edgekit fleet up --secure`)")
+        pki = FleetPKI.open(_pki_dir(s))
+        if not pki.active(device_id):
+            raise ConfigError(f"device {device_id!r} holds no valid certificate to renew "
+                              "(never provisioned, expired or revoked): provision it instead")
+        request_renewal(s, device_id)
+        typer.echo(f"asked {device_id} to renew its certificate (retained: applies when it next connects); "
+                   "its events show cert.renewed or cert.renewal_failed")
+
+
 @fleet_security_app.command("revoke")
 def revoke_cmd(
     device_id: str = typer.Argument(..., help="The device whose certificates are revoked."),
