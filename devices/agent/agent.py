@@ -29,6 +29,7 @@ from edgekit.wire import Event, ModelRef, Reported, Status
 from runtimes import Runtime
 
 from .batching import DynamicBatcher
+from .certs import CertRenewer, finish_install
 from .config import AgentConfig
 from .drift import DriftMonitor
 from .host import LoadedModel, ModelHost
@@ -87,9 +88,13 @@ class Agent:
         self._last_error_event = float("-inf")
         self.spool: Spool | None = None
         self.mqtt: MqttLink | None = None
+        self.renewer: CertRenewer | None = None
         if cfg.mqtt.url:
             self.spool = Spool(self.state_dir / "spool.sqlite", cfg.spool.max_messages)
-            self.mqtt = MqttLink(cfg.mqtt, self.spool, birth=self._birth, on_desired=self._on_desired)
+            self.renewer = self._cert_renewer(cfg)
+            self.mqtt = MqttLink(cfg.mqtt, self.spool, birth=self._birth, on_desired=self._on_desired,
+                                 on_cert=self.renewer.on_answer if self.renewer else None,
+                                 on_connected=self.renewer.connected if self.renewer else None)
         self.ota = OtaManager(
             cfg.ota, SlotStore(self.state_dir), self.host, profile=self.profile, trusted=self.trusted,
             device_id=cfg.mqtt.device_id, runtime=runtime,
@@ -107,6 +112,22 @@ class Agent:
         self._telemetry_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.port: int | None = None
+
+    def _cert_renewer(self, cfg: AgentConfig) -> CertRenewer | None:
+        """With an mTLS client certificate: renew it over MQTT (``certs.py``); first finish an install a
+        crash interrupted, so the TLS context is built from a matching pair."""
+        m = cfg.mqtt
+        if not (m.url and m.url.startswith("mqtts://") and m.client_cert and m.client_key and m.ca_file):
+            return None
+        done = finish_install(Path(m.client_cert), Path(m.client_key))
+        if done:
+            log.warning("certificate renewal: %s", done)
+        return CertRenewer(
+            m.device_id or "", cert_file=m.client_cert, key_file=m.client_key, ca_file=m.ca_file,
+            fraction=m.cert_renew_fraction, check_interval_s=m.cert_check_interval_s,
+            send=lambda payload: self.mqtt is not None and self.mqtt.publish_csr(payload),
+            event=self._event, on_installed=lambda: self.mqtt is not None and self.mqtt.reload_tls(),
+        )
 
     def _trusted_keys(self) -> list[PublicKey]:
         keys = load_public_keys(list(self.cfg.ota.trusted_keys) + [self.state_dir / "keys"])
@@ -195,6 +216,8 @@ class Agent:
                                                       daemon=True)
             self._telemetry_thread.start()
             self.mqtt.publish_reported(self.ota.reported())
+            if self.renewer is not None:
+                self.renewer.start()
         self.ota.start()
         app = create_app(self.service)
         config = uvicorn.Config(app, host=self.cfg.server.host, port=self.cfg.server.port, log_level="warning",
@@ -249,6 +272,8 @@ class Agent:
         self.ota.stop()
         if self.batcher is not None:
             self.batcher.stop()
+        if self.renewer is not None:
+            self.renewer.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
         if self._telemetry_thread is not None:

@@ -68,6 +68,10 @@ class MqttConfig(_Section):
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    #: renew the client certificate over MQTT once less than this fraction of its lifetime is left
+    cert_renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)
+    #: how often the certificate's age is checked, and an unanswered renewal request re-sent
+    cert_check_interval_s: float = Field(default=3600.0, gt=0, le=86400)
     tags: list[str] = Field(default_factory=list)
 
     @field_validator("url")

@@ -11,6 +11,7 @@ certificate or key file changes on disk (a renewal from ``edgekit fleet provisio
 both atomically), :meth:`MqttLink.reload_tls` loads the new pair into that same context — checked every
 few seconds by the pump thread and right after every disconnect — so the next (re)connect presents the
 renewed certificate without an agent restart, and the live session is never interrupted for it.
+The renewal itself arrives over this link too (``csr`` out, ``cert`` in; see ``certs.py``).
 """
 
 from __future__ import annotations
@@ -113,7 +114,11 @@ class MqttLink:
         *,
         birth: Callable[[], Status],
         on_desired: Callable[[bytes], None],
+        on_cert: Callable[[bytes], None] | None = None,
+        on_connected: Callable[[], None] | None = None,
     ):
+        """``on_cert`` (set when the agent renews its certificate over MQTT) gets this device's ``cert``
+        messages; ``on_connected`` runs after every successful (re)connect (network thread: keep it short)."""
         if not cfg.url or not cfg.device_id:
             raise AgentError("MQTT needs mqtt.url and mqtt.device_id")
         self.cfg = cfg
@@ -121,6 +126,8 @@ class MqttLink:
         self.spool = spool
         self._birth = birth
         self._on_desired = on_desired
+        self._on_cert = on_cert
+        self._on_connected = on_connected
         self.connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -305,12 +312,19 @@ class MqttLink:
         except Exception:  # noqa: BLE001
             log.exception("birth message failed")
         client.subscribe(topic(self.device_id, "desired"), qos=1)
+        if self._on_cert is not None:
+            client.subscribe(topic(self.device_id, "cert"), qos=1)
         with self._lock:
             self._resync = bool(self._inflight)
             self._reported_due = True  # sent by the pump thread (_flush_reported), after paho's re-sends
             self._reported_due_since = time.monotonic()
         self.connected.set()
         self._wake.set()
+        if self._on_connected is not None:
+            try:
+                self._on_connected()
+            except Exception:  # noqa: BLE001
+                log.exception("on-connect hook failed")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
@@ -340,8 +354,16 @@ class MqttLink:
                 log.exception("spool ack failed")
         self._wake.set()
 
+    def publish_csr(self, payload: bytes) -> bool:
+        """Send a certificate renewal request (QoS 1, not spooled: re-sent until answered); False when offline."""
+        if not self.connected.is_set():
+            return False
+        info = self.client.publish(topic(self.device_id, "csr"), payload, qos=1)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def _on_message(self, client, userdata, msg) -> None:
+        cert = self._on_cert is not None and msg.topic.endswith("/cert")
         try:
-            self._on_desired(msg.payload)
+            (self._on_cert if cert else self._on_desired)(msg.payload)  # type: ignore[misc]
         except Exception:  # noqa: BLE001 - a bad message must never kill the network thread
-            log.exception("desired-state handler failed")
+            log.exception("%s handler failed", "certificate" if cert else "desired-state")

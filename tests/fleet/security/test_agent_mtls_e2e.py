@@ -37,13 +37,13 @@ def _wait(cond, timeout: float, what: str):
 
 
 class _Fleet:
-    """The fleet identity subscribed to every device's status and telemetry."""
+    """The fleet identity subscribed to every device's status, telemetry and events."""
 
     def __init__(self, broker, pki, client_id: str = "edgekit-fleet-e2e"):
         ident = Identity(cert=pki.fleet_cert_path, key=pki.fleet_key_path, ca=pki.ca_cert_path)
         s = connect(broker, ident, client_id)
         assert not isinstance(s, str), s
-        for kind in ("status", "telemetry"):
+        for kind in ("status", "telemetry", "events"):
             assert s.subscribe(f"edgekit/v1/+/{kind}")[0].value < 128
         self.session = s
 
@@ -187,4 +187,60 @@ def test_agent_with_an_expired_certificate_is_refused_until_a_renewal_arrives(se
         _wait(lambda: fleet.of("cam-e2e", "telemetry"), 10, "telemetry after the renewal")
         _alive(proc, log)
     finally:
+        fleet.close()
+
+
+def test_agent_renews_its_certificate_over_mqtt_and_rides_through_the_old_ones_expiry(
+    secure_broker, pki, device_folder, run_agent, tmp_path
+):
+    """The renewal travels over the device's own channel: the agent makes a key and CSR, the fleet's
+    CertificateIssuer signs it, the agent checks and swaps it in live (no reconnect), and it is what the
+    agent presents once the old certificate has expired."""
+    from fleet.security.renewal import CertificateIssuer
+    from fleet.settings import FleetSettings
+
+    now = dt.datetime.now(dt.timezone.utc)
+    short = pki.issue_device("cam-e2e", renew=True, valid_from=now - dt.timedelta(seconds=1),
+                             valid_for=dt.timedelta(seconds=20))
+    write_public(device_folder.cert, short.cert_pem)
+    write_private(device_folder.key, short.key_pem)
+    settings = FleetSettings(data_dir=tmp_path, security="mtls", broker_url=f"mqtts://127.0.0.1:{secure_broker.port}")
+    issuer = CertificateIssuer(settings, pki, valid_for=dt.timedelta(days=1)).start()
+    fleet = _Fleet(secure_broker, pki)
+    os.environ["EDGEKIT_AGENT_MQTT__CERT_RENEW_FRACTION"] = "0.9"  # the 20 s certificate is due at once
+    try:
+        proc, log = run_agent(device_folder.config)
+    finally:
+        del os.environ["EDGEKIT_AGENT_MQTT__CERT_RENEW_FRACTION"]
+    try:
+        events = _wait(lambda: [e for e in fleet.of("cam-e2e", "events") if e["kind"] == "cert.renewed"], 30,
+                       "the agent's cert.renewed event")
+        kinds = [e["kind"] for e in fleet.of("cam-e2e", "events") if e["kind"].startswith("cert.")]
+        assert kinds[:2] == ["cert.renewal_requested", "cert.renewed"], kinds
+        from edgekit.certs import read_cert
+
+        installed = read_cert(device_folder.cert.read_bytes())
+        assert installed.serial == events[0]["data"]["serial"] != short.serial
+        assert installed.serial in {r.serial for r in pki.active("cam-e2e")} and issuer.issued == 1
+        assert device_folder.key.read_bytes() != short.key_pem  # a new key, made on the device
+        assert device_folder.key.stat().st_mode & 0o777 == 0o600
+        assert not list(device_folder.out_dir.glob("*.renewal.json")) and not list(device_folder.out_dir.glob("*.new"))
+        _wait(lambda: "reloaded" in log.read_text(), 10, "the agent to load the renewed certificate")
+        births = [s for s in fleet.of("cam-e2e", "status") if s.get("state") == "online"]
+        assert len(births) == 1, "the renewal must not cost a reconnect"
+
+        # the old certificate expires; the connection drops (broker restart); the agent comes back with the new one
+        time.sleep(max(0.0, (short.not_after - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 1.0)
+        fleet.close()
+        issuer.stop()
+        secure_broker.stop()
+        secure_broker.start()
+        fleet = _Fleet(secure_broker, pki, "edgekit-fleet-e2e-2")
+        _wait(lambda: [s for s in fleet.of("cam-e2e", "status") if s.get("state") == "online"], 20,
+              "the agent's birth after reconnecting with the certificate renewed over MQTT")
+        _wait(lambda: len(fleet.of("cam-e2e", "telemetry")) >= 2, 10, "telemetry after the renewal")
+        _alive(proc, log)
+        assert "certificate expired" not in secure_broker.log_text()
+    finally:
+        issuer.stop()
         fleet.close()
