@@ -8,7 +8,8 @@ Downloads authenticate in one of two ways:
   (``{data_dir}/pki/download-token.key``). No API token is needed then. A token that does not verify —
   forged, expired, for another bundle or other bytes — is answered **403** with the reason, and never
   falls back to another kind of authentication. A device may also send ``X-Edgekit-Device: <its id>``;
-  the token must then name that device (a token copied from another device's state is refused).
+  the token must then name that device (a token copied from another device's state is refused). A
+  token of a device revoked since it was issued is refused too (the CA's deny-list, read on change).
   A query parameter rather than an ``Authorization`` header, so that the URL in the desired state is
   all a device needs (and API tokens keep the header to themselves).
 * otherwise a fleet API token (``read`` scope), unless the app serves downloads publicly.
@@ -36,6 +37,7 @@ from fleet.security.download_token import (
     load_or_create_secret,
     verify_download_token,
 )
+from fleet.security.pki import DenyList
 
 __all__ = ["DEVICE_HEADER", "BundleOut", "download_token_secret", "router"]
 
@@ -118,10 +120,24 @@ def _check_token(name: str, version: str, request: Request) -> DownloadClaims | 
         raise HTTPException(status.HTTP_403_FORBIDDEN, "more than one download token in the request")
     device = request.headers.get(DEVICE_HEADER)
     try:
-        return verify_download_token(tokens[0], download_token_secret(request), bundle=name, version=version,
-                                     device_id=device if device is not None else None)
+        claims = verify_download_token(tokens[0], download_token_secret(request), bundle=name, version=version,
+                                       device_id=device if device is not None else None)
     except DownloadTokenError as exc:
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"download token refused: {exc}") from exc
+    try:
+        revoked = claims.dev in _deny_list(request)
+    except ConfigError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"download tokens cannot be checked: {exc}") from exc
+    if revoked:  # a token issued before the revocation dies with it, not when it expires
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"download token refused: device {claims.dev!r} was revoked")
+    return claims
+
+
+def _deny_list(request: Request) -> DenyList:
+    deny = getattr(request.app.state, "deny_list", None)
+    if deny is None:
+        deny = request.app.state.deny_list = DenyList(Path(request.app.state.ctx.settings.data_dir) / "pki")
+    return deny
 
 
 def _download(name: str, version: str, request: Request) -> FileResponse:

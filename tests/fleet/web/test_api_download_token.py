@@ -107,3 +107,23 @@ def test_unreadable_secret_is_503_not_a_traceback(fleet_ctx, tiny_bundle):
     with TestClient(create_app(fleet_ctx)) as c:
         r = c.get(URL, params={"token": "ekdt1.a.b"})
     assert r.status_code == 503 and "shorter than 32 bytes" in r.json()["detail"]
+
+
+def test_a_token_issued_before_its_device_was_revoked_is_refused_at_once(client, fleet_ctx, secret, tiny_bundle):
+    from fleet.security.pki import FleetPKI
+
+    pki = FleetPKI.init(fleet_ctx.settings.data_dir / "pki")
+    pki.issue_device("cam-1")
+    pki.issue_device("cam-2")
+    tok, other = _token(secret), _token(secret, device_id="cam-2")
+    assert client.get(URL, params={"token": tok}).status_code == 200
+    pki.revoke("cam-1")
+    r = client.get(URL, params={"token": tok})
+    assert r.status_code == 403 and "'cam-1' was revoked" in r.json()["detail"]
+    assert client.get(URL, params={"token": other}).status_code == 200  # nobody else is affected
+    pki.reinstate("cam-1")
+    assert client.get(URL, params={"token": tok}).status_code == 200
+    # a deny-list that cannot be read fails closed, with the reason
+    (pki.root / "index.json").write_text("{broken")
+    r = client.get(URL, params={"token": other})
+    assert r.status_code == 503 and "deny-list" in r.json()["detail"]
