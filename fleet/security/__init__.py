@@ -15,8 +15,11 @@ One module per job:
   ``agent.yaml`` in :class:`devices.agent.config.AgentConfig` field names.
 * :mod:`fleet.security.keyring` — bundle-signing key rotation (``keys/trusted``, ``keys/retired``).
 * :mod:`fleet.security.download_token` — short-lived HMAC tokens binding device, bundle@version, expiry.
+* :mod:`fleet.security.renewal` — certificate renewal over the device's own MQTT channel: the
+  :class:`~fleet.security.renewal.CertificateIssuer` answers devices' CSRs (``csr`` → ``cert`` topics);
+  ``request_renewal`` asks a device to renew now (``edgekit fleet renew``).
 * :mod:`fleet.security.client_tls` — mTLS for the fleet manager's own paho clients.
-* :mod:`fleet.security.cli` — ``edgekit fleet ca init | provision | revoke | signing-keys``.
+* :mod:`fleet.security.cli` — ``edgekit fleet ca init | provision | renew | revoke | signing-keys``.
 
 How the rest of the fleet uses it
 ---------------------------------
@@ -41,8 +44,11 @@ valid token the device needs no API token. The agent sends ``X-Edgekit-Device: <
 ``load_or_create_secret(data_dir / "pki" / "download-token.key")``.
 
 Agent side: the agent resolves the TLS paths of ``agent.yaml`` relative to it, keeps one TLS context and
-reloads a renewed certificate/key pair into it (``devices/agent/mqtt.py``), so ``provision --renew``
-copied onto the device takes effect on the next reconnect without an agent restart.
+reloads a renewed certificate/key pair into it (``devices/agent/mqtt.py``). Renewal normally arrives
+over MQTT (``devices/agent/certs.py``: key made on the device, CSR out, certificate checked and
+installed crash-safely); ``provision --renew`` copied onto the device is the out-of-band path. Either
+way it takes effect without an agent restart or a reconnect. The download route also refuses the
+tokens of a device revoked after they were issued (:class:`~fleet.security.pki.DenyList`).
 """
 
 __all__: list[str] = []
