@@ -251,7 +251,32 @@ def revoke_cmd(
             ) from exc
         what = f"{len(serials)} certificate(s) revoked" if serials else "already revoked"
         where = "broker reloaded" if reloaded else "no running secure broker; takes effect when it starts"
-        typer.echo(f"{device_id}: {what}; CRL {pki.crl_path} regenerated; {where}")
+        typer.echo(f"{device_id}: {what}; CRL {pki.crl_path} regenerated; {where}; {_mark_revoked(s, device_id)}")
+
+
+def _mark_revoked(s: FleetSettings, device_id: str) -> str:
+    """Show the device offline in the registry (its session may live on, cut off by the ACL, and then no
+    last will ever says so) and audit the revocation. The PKI is the authority: a registry that cannot be
+    reached is reported, not fatal."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fleet.audit import record
+    from fleet.db.base import Database
+    from fleet.db.models import Device
+
+    db = Database(s.database)
+    try:
+        with db.session() as session:
+            dev = session.get(Device, device_id)
+            if dev is not None:
+                dev.online = False
+                dev.last_error = "certificate revoked"
+            record(session, "cli", "device.revoke", f"device:{device_id}", {"known_device": dev is not None})
+        return "registry: marked offline" if dev is not None else "registry: device not seen yet"
+    except SQLAlchemyError as exc:
+        return f"registry NOT updated ({type(exc).__name__}; it shows the device until its session ends)"
+    finally:
+        db.dispose()
 
 
 @fleet_security_app.command("reinstate")

@@ -158,3 +158,37 @@ def test_cli_revoke_reloads_the_running_broker(data_dir, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_revoke_shows_the_device_offline_in_the_registry_and_audits_it(data_dir, tmp_path):
+    from fleet.audit import verify_chain
+    from fleet.db.base import Database
+    from fleet.db.migrate import upgrade
+    from fleet.db.models import Device
+    from fleet.db.web_models import AuditEntry
+
+    _, pub = generate_keypair(tmp_path / "sig")
+    assert _run("ca", "init", "--data-dir", str(data_dir)).exit_code == 0
+    assert _run("provision", "cam-7", "--out", str(tmp_path / "cam-7"), "--trusted-key", str(pub),
+                "--data-dir", str(data_dir)).exit_code == 0
+    # no registry yet (fleet never started here): the revocation itself still happens, and says so
+    r = _run("revoke", "cam-7", "--data-dir", str(data_dir))
+    assert r.exit_code == 0 and "registry NOT updated" in r.output, r.output
+    _run("reinstate", "cam-7", "--data-dir", str(data_dir))
+
+    db = Database(f"sqlite:///{data_dir / 'fleet.db'}")
+    upgrade(db)
+    with db.session() as s:
+        s.add(Device(id="cam-7", online=True))
+        s.add(Device(id="cam-8", online=True))
+    assert _run("provision", "cam-7", "--out", str(tmp_path / "cam-7b"), "--trusted-key", str(pub),
+                "--data-dir", str(data_dir)).exit_code == 0
+    r = _run("revoke", "cam-7", "--data-dir", str(data_dir))
+    assert r.exit_code == 0 and "registry: marked offline" in r.output, r.output
+    with db.session() as s:
+        assert s.get(Device, "cam-7").online is False and s.get(Device, "cam-7").last_error == "certificate revoked"
+        assert s.get(Device, "cam-8").online is True
+        entry = s.query(AuditEntry).filter_by(action="device.revoke").one()
+        assert entry.target == "device:cam-7" and entry.actor == "cli"
+    assert verify_chain(db).ok
+    db.dispose()
